@@ -1,0 +1,36 @@
+# Two commands do all the set-up on a fresh machine: `make demo` and `make test`. Both idempotent.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.cordiale-installed
+TORCH  := torch==2.13.0
+
+.PHONY: demo test lint format bench clean
+
+$(STAMP): pyproject.toml Makefile
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	@# torch first, from the CPU wheel, so that pip never resolves a multi-GB CUDA build
+	$(PY) -m pip install --quiet "$(TORCH)"
+	$(PY) -m pip install --quiet -e ".[test]"
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/cordiale simulate --dataset pima --sites 4 --partition dirichlet:0.5 \
+		--strategy fedadam --rounds 30 --seed 0 --out demo-results/results.json
+
+test: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/pytest -q
+
+format: $(STAMP)
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+bench: $(STAMP)
+	$(PY) bench/federated_vs_pooled.py
+	$(PY) bench/round_overhead.py
+
+clean:
+	rm -rf $(VENV) demo-results .pytest_cache .hypothesis .ruff_cache

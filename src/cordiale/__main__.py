@@ -1,0 +1,5 @@
+"""``python -m cordiale`` is the ``cordiale`` command."""
+
+from cordiale.cli.app import main
+
+main()

@@ -1,0 +1,1 @@
+"""The ``cordiale`` command line: one module per command group."""

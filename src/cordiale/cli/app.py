@@ -1,0 +1,52 @@
+"""The Typer application and the error boundary: a user sees a sentence, never a traceback."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+from rich.console import Console
+
+from cordiale import __version__
+from cordiale.cli import datasets, simulate
+from cordiale.core.errors import CordialeError
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    name="cordiale",
+    help="Cordiale: federated learning and analytics for cross-border biomedical research.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.command("simulate")(simulate.simulate_command)
+app.command("datasets")(datasets.datasets_command)
+
+
+@app.command("version")
+def version_command() -> None:
+    """Print the Cordiale version."""
+    typer.echo(__version__)
+
+
+def main() -> None:
+    try:
+        app(standalone_mode=False)
+    except CordialeError as e:
+        console = Console(stderr=True, soft_wrap=True)
+        console.print("[bold red]error:[/] ", end="")
+        console.print(str(e), highlight=False, markup=False)
+        sys.exit(2)
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except typer.Abort:
+        Console(stderr=True).print("aborted")
+        sys.exit(130)
+    except Exception as e:  # click usage errors arrive here with standalone_mode=False
+        import click
+
+        if isinstance(e, click.ClickException):
+            e.show()
+            sys.exit(e.exit_code)
+        raise

@@ -1,0 +1,217 @@
+"""The wire codec: a message as bytes that are data only.
+
+Layout (all integers little-endian)::
+
+    b"CDLW" | version: u8 | header length: u32 | header: UTF-8 JSON | arrays: safetensors
+
+The JSON header holds the envelope, metrics, config, error and the names of the array records; the
+arrays travel as one safetensors buffer whose keys are ``"<record>/<name>"``. Decoding never
+unpickles and checks everything before allocating: total size, header size, the safetensors header
+(dtype allowed, shape consistent with the byte span, offsets inside the buffer, contiguous and
+non-overlapping), and that the arrays named in the header are exactly the arrays present.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from pydantic import ValidationError
+from safetensors.numpy import load as st_load
+from safetensors.numpy import save as st_save
+
+from cordiale.core.errors import ConfigError, WireError
+from cordiale.core.messages import Content, Envelope, ErrorInfo, Message
+from cordiale.core.records import ArrayRecord, ConfigRecord, MetricRecord
+
+__all__ = ["DecodeLimits", "decode_message", "encode_message"]
+
+MAGIC = b"CDLW"
+VERSION = 1
+_PREFIX = struct.Struct("<4sBI")
+
+# safetensors dtype tags and their numpy equivalents (only the ones ALLOWED_DTYPES admits).
+_ST_DTYPES: dict[str, np.dtype[Any]] = {
+    "F16": np.dtype("<f2"),
+    "F32": np.dtype("<f4"),
+    "F64": np.dtype("<f8"),
+    "I8": np.dtype("i1"),
+    "I16": np.dtype("<i2"),
+    "I32": np.dtype("<i4"),
+    "I64": np.dtype("<i8"),
+    "U8": np.dtype("u1"),
+    "U32": np.dtype("<u4"),
+    "U64": np.dtype("<u8"),
+    "BOOL": np.dtype("bool"),
+}
+
+
+@dataclass(frozen=True)
+class DecodeLimits:
+    """Upper bounds on what a decoder accepts; everything above is refused before allocation."""
+
+    max_bytes: int = 256 * 1024 * 1024
+    max_header_bytes: int = 1024 * 1024
+    max_tensors: int = 10_000
+    max_dims: int = 8
+
+
+def encode_message(message: Message) -> bytes:
+    """Encode ``message`` as wire bytes."""
+    c = message.content
+    tensors: dict[str, np.ndarray] = {}
+    names: dict[str, list[str]] = {}
+    for group, record in c.arrays.items():
+        if "/" in group:
+            raise ConfigError(f"array record name must not contain '/': {group!r}")
+        names[group] = list(record)
+        for name, arr in record.items():
+            tensors[f"{group}/{name}"] = arr
+    header = {
+        "envelope": message.envelope.model_dump(mode="json"),
+        "metrics": c.metrics.to_dict(),
+        "config": c.config.to_dict(),
+        "error": c.error.model_dump(mode="json") if c.error else None,
+        "arrays": names,
+    }
+    hbytes = json.dumps(header, separators=(",", ":"), allow_nan=False).encode()
+    body = st_save(tensors) if tensors else b""
+    return _PREFIX.pack(MAGIC, VERSION, len(hbytes)) + hbytes + body
+
+
+def _check_safetensors(buf: memoryview, limits: DecodeLimits) -> dict[str, Any]:
+    """Validate a safetensors buffer's header without allocating any tensor; return the header."""
+    if len(buf) < 8:
+        raise WireError("array section truncated: shorter than its 8-byte length prefix")
+    (n,) = struct.unpack("<Q", buf[:8])
+    if n > limits.max_header_bytes or 8 + n > len(buf):
+        raise WireError(f"array header length {n} exceeds the buffer or the limit")
+    try:
+        header = json.loads(bytes(buf[8 : 8 + n]))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise WireError(f"array header is not valid JSON: {e}") from None
+    if not isinstance(header, dict):
+        raise WireError("array header must be a JSON object")
+    header.pop("__metadata__", None)
+    if len(header) > limits.max_tensors:
+        raise WireError(f"{len(header)} arrays exceed the limit of {limits.max_tensors}")
+    data_len = len(buf) - 8 - n
+    spans = []
+    for key, info in header.items():
+        if not isinstance(info, dict) or set(info) != {"dtype", "shape", "data_offsets"}:
+            raise WireError(f"array {key!r}: malformed descriptor")
+        dtype = _ST_DTYPES.get(info["dtype"]) if isinstance(info["dtype"], str) else None
+        if dtype is None:
+            raise WireError(
+                f"array {key!r}: dtype {info['dtype']!r} not allowed; allowed: "
+                f"{', '.join(_ST_DTYPES)}"
+            )
+        shape, offsets = info["shape"], info["data_offsets"]
+        if (
+            not isinstance(shape, list)
+            or len(shape) > limits.max_dims
+            or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
+        ):
+            raise WireError(f"array {key!r}: invalid shape {shape!r}")
+        if (
+            not isinstance(offsets, list)
+            or len(offsets) != 2
+            or not all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)
+        ):
+            raise WireError(f"array {key!r}: invalid offsets {offsets!r}")
+        start, end = offsets
+        expected = math.prod(shape) * dtype.itemsize
+        if not (0 <= start <= end <= data_len) or end - start != expected:
+            raise WireError(
+                f"array {key!r}: shape {shape} of {info['dtype']} needs {expected} bytes; "
+                f"offsets {offsets} in a {data_len}-byte buffer"
+            )
+        spans.append((start, end))
+    spans.sort()
+    pos = 0
+    for start, end in spans:
+        if start != pos:
+            raise WireError("array buffer has gaps or overlapping arrays")
+        pos = end
+    if pos != data_len:
+        raise WireError(f"array buffer has {data_len - pos} trailing bytes")
+    return header
+
+
+def _load_json_header(raw: bytes) -> dict[str, Any]:
+    try:
+        header = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise WireError(f"message header is not valid JSON: {e}") from None
+    if not isinstance(header, dict) or set(header) != {
+        "envelope",
+        "metrics",
+        "config",
+        "error",
+        "arrays",
+    }:
+        raise WireError(
+            "message header must be an object with exactly envelope, metrics, "
+            "config, error and arrays"
+        )
+    return header
+
+
+def decode_message(data: bytes, limits: DecodeLimits | None = None) -> Message:
+    """Decode wire bytes into a :class:`Message`, or raise :class:`WireError` saying why not."""
+    limits = limits or DecodeLimits()
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise WireError(f"expected bytes, got {type(data).__name__}")
+    buf = memoryview(data)
+    if len(buf) > limits.max_bytes:
+        raise WireError(f"message of {len(buf)} bytes exceeds the limit of {limits.max_bytes}")
+    if len(buf) < _PREFIX.size:
+        raise WireError(f"message truncated: {len(buf)} bytes, shorter than the prefix")
+    magic, version, hlen = _PREFIX.unpack(buf[: _PREFIX.size])
+    if magic != MAGIC:
+        raise WireError("not a Cordiale message (bad magic); pickled or foreign data is refused")
+    if version != VERSION:
+        raise WireError(f"unsupported wire version {version}; this build speaks {VERSION}")
+    if hlen > limits.max_header_bytes or _PREFIX.size + hlen > len(buf):
+        raise WireError(f"message header length {hlen} exceeds the buffer or the limit")
+    header = _load_json_header(bytes(buf[_PREFIX.size : _PREFIX.size + hlen]))
+    body = buf[_PREFIX.size + hlen :]
+    names = header["arrays"]
+    if not isinstance(names, dict) or not all(
+        isinstance(v, list) and all(isinstance(n, str) for n in v) for v in names.values()
+    ):
+        raise WireError("header 'arrays' must map record names to lists of array names")
+    declared = [f"{g}/{n}" for g, ns in names.items() for n in ns]
+    if declared:
+        st_header = _check_safetensors(body, limits)
+        if set(st_header) != set(declared) or len(declared) != len(set(declared)):
+            raise WireError("arrays in the body do not match the arrays named in the header")
+        tensors = st_load(bytes(body))
+    elif len(body):
+        raise WireError(f"{len(body)} unexpected bytes after a header that names no arrays")
+    else:
+        tensors = {}
+    try:
+        envelope = Envelope.model_validate(header["envelope"])
+        error = None if header["error"] is None else ErrorInfo.model_validate(header["error"])
+        if not isinstance(header["metrics"], dict) or not isinstance(header["config"], dict):
+            raise WireError("metrics and config must be JSON objects")
+        content = Content(
+            arrays={
+                g: ArrayRecord((n, tensors[f"{g}/{n}"]) for n in ns) for g, ns in names.items()
+            },
+            metrics=MetricRecord(header["metrics"]),
+            config=ConfigRecord(header["config"]),
+            error=error,
+        )
+    except ValidationError as e:
+        first = e.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"])
+        raise WireError(f"invalid message header field {loc!r}: {first['msg']}") from None
+    except ConfigError as e:
+        raise WireError(f"invalid message content: {e}") from None
+    return Message(envelope, content)

@@ -1,0 +1,253 @@
+"""Typed records: the only payloads that travel between hub and nodes.
+
+* :class:`ArrayRecord` - an ordered mapping of names to numpy arrays (model weights, updates,
+  histograms). Names are checked, arrays are copied to contiguous little-endian buffers of an
+  allowed dtype on insert, so that a record always encodes to the wire.
+* :class:`MetricRecord` - name to finite float (or int), checked on insert.
+* :class:`ConfigRecord` - name to a JSON scalar or a flat list of scalars, checked on insert.
+
+Validation happens on construction and on every insert, and the error says what was expected and
+what came (STYLE.md #4).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Iterator, Mapping, MutableMapping
+from typing import Any, TypeAlias
+
+import numpy as np
+
+from cordiale.core.errors import ConfigError
+
+__all__ = [
+    "ALLOWED_DTYPES",
+    "ArrayRecord",
+    "ConfigRecord",
+    "ConfigValue",
+    "MetricRecord",
+    "check_name",
+]
+
+#: dtypes that may travel on the wire (the union of what models, updates and masks use).
+ALLOWED_DTYPES: frozenset[str] = frozenset(
+    {
+        "float16",
+        "float32",
+        "float64",
+        "int8",
+        "int16",
+        "int32",
+        "int64",
+        "uint8",
+        "uint32",
+        "uint64",
+        "bool",
+    }
+)
+
+_NAME = re.compile(r"^[A-Za-z0-9_.\-:]{1,200}$")
+
+Scalar: TypeAlias = bool | int | float | str
+ConfigValue: TypeAlias = Scalar | list[bool] | list[int] | list[float] | list[str]
+
+
+def check_name(name: object, kind: str) -> str:
+    """Return ``name`` if it is a valid record key, else raise a ConfigError naming the problem."""
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise ConfigError(
+            f"{kind} key must be 1-200 characters of letters, digits and _.-: ; got {name!r}"
+        )
+    return name
+
+
+def _as_wire_array(name: str, value: object) -> np.ndarray:
+    if not isinstance(value, np.ndarray):
+        raise ConfigError(
+            f"ArrayRecord value {name!r} must be a numpy array; got {type(value).__name__}"
+        )
+    if value.dtype.name not in ALLOWED_DTYPES:
+        raise ConfigError(
+            f"ArrayRecord value {name!r} has dtype {value.dtype}; allowed: "
+            f"{', '.join(sorted(ALLOWED_DTYPES))}"
+        )
+    arr = np.ascontiguousarray(value)
+    if arr.dtype.byteorder == ">":
+        arr = arr.astype(arr.dtype.newbyteorder("<"))
+    return arr
+
+
+class ArrayRecord(MutableMapping[str, np.ndarray]):
+    """Ordered mapping of names to numpy arrays, validated on insert."""
+
+    __slots__ = ("_data",)
+
+    def __init__(self, items: Mapping[str, np.ndarray] | Iterable[tuple[str, np.ndarray]] = ()):
+        self._data: dict[str, np.ndarray] = {}
+        pairs = items.items() if isinstance(items, Mapping) else items
+        for k, v in pairs:
+            self[k] = v
+
+    def __setitem__(self, key: str, value: np.ndarray) -> None:
+        self._data[check_name(key, "ArrayRecord")] = _as_wire_array(key, value)
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        return self._data[key]
+
+    def __delitem__(self, key: str) -> None:
+        del self._data[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __repr__(self) -> str:
+        shapes = ", ".join(f"{k}: {v.dtype}{list(v.shape)}" for k, v in self._data.items())
+        return f"ArrayRecord({shapes})"
+
+    @property
+    def num_elements(self) -> int:
+        return int(sum(v.size for v in self._data.values()))
+
+    @property
+    def nbytes(self) -> int:
+        return int(sum(v.nbytes for v in self._data.values()))
+
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        return {k: tuple(v.shape) for k, v in self._data.items()}
+
+    def copy(self) -> ArrayRecord:
+        return ArrayRecord((k, v.copy()) for k, v in self._data.items())
+
+    def equals(self, other: ArrayRecord, *, atol: float = 0.0) -> bool:
+        """True when both records have the same names, shapes, dtypes and values (within atol)."""
+        if list(self) != list(other):
+            return False
+        for k, v in self._data.items():
+            o = other[k]
+            if v.shape != o.shape or v.dtype != o.dtype:
+                return False
+            if not np.allclose(v, o, atol=atol, rtol=0.0, equal_nan=True):
+                return False
+        return True
+
+
+class MetricRecord(MutableMapping[str, float]):
+    """Name to finite number (int or float), validated on insert."""
+
+    __slots__ = ("_data",)
+
+    def __init__(self, items: Mapping[str, float] | None = None) -> None:
+        self._data: dict[str, float] = {}
+        for k, v in (items or {}).items():
+            self[k] = v
+
+    def __setitem__(self, key: str, value: float) -> None:
+        check_name(key, "MetricRecord")
+        if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
+            raise ConfigError(f"metric {key!r} must be a number; got {type(value).__name__}")
+        f = float(value)
+        if not math.isfinite(f):
+            raise ConfigError(f"metric {key!r} must be finite; got {f}")
+        self._data[key] = int(value) if isinstance(value, int | np.integer) else f
+
+    def __getitem__(self, key: str) -> float:
+        return self._data[key]
+
+    def __delitem__(self, key: str) -> None:
+        del self._data[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __repr__(self) -> str:
+        return f"MetricRecord({self._data!r})"
+
+    def to_dict(self) -> dict[str, float]:
+        return dict(self._data)
+
+
+def _check_config_value(key: str, value: Any) -> ConfigValue:
+    if isinstance(value, bool | int | str):
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ConfigError(f"config {key!r} must be finite; got {value}")
+        return value
+    if isinstance(value, list | tuple):
+        items = list(value)
+        kinds = {type(x) for x in items}
+        if len(kinds) > 1 or (kinds and not kinds <= {bool, int, float, str}):
+            raise ConfigError(
+                f"config {key!r} must be a flat list of one scalar type; "
+                f"got {sorted(map(str, kinds))}"
+            )
+        for x in items:
+            _check_config_value(key, x)
+        return items
+    raise ConfigError(
+        f"config {key!r} must be a bool, int, float, str or a list of them; got "
+        f"{type(value).__name__}"
+    )
+
+
+class ConfigRecord(MutableMapping[str, ConfigValue]):
+    """Name to a JSON scalar or a flat list of scalars, validated on insert."""
+
+    __slots__ = ("_data",)
+
+    def __init__(self, items: Mapping[str, Any] | None = None) -> None:
+        self._data: dict[str, ConfigValue] = {}
+        for k, v in (items or {}).items():
+            self[k] = v
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self._data[check_name(key, "ConfigRecord")] = _check_config_value(key, value)
+
+    def __getitem__(self, key: str) -> ConfigValue:
+        return self._data[key]
+
+    def __delitem__(self, key: str) -> None:
+        del self._data[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __repr__(self) -> str:
+        return f"ConfigRecord({self._data!r})"
+
+    def to_dict(self) -> dict[str, ConfigValue]:
+        return dict(self._data)
+
+    def get_float(self, key: str, default: float) -> float:
+        v = self._data.get(key, default)
+        if isinstance(v, bool) or not isinstance(v, int | float):
+            raise ConfigError(f"config {key!r} must be a number; got {v!r}")
+        return float(v)
+
+    def get_int(self, key: str, default: int) -> int:
+        v = self._data.get(key, default)
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise ConfigError(f"config {key!r} must be an integer; got {v!r}")
+        return v
+
+    def get_str(self, key: str, default: str) -> str:
+        v = self._data.get(key, default)
+        if not isinstance(v, str):
+            raise ConfigError(f"config {key!r} must be a string; got {v!r}")
+        return v
+
+    def get_str_list(self, key: str) -> list[str]:
+        v = self._data.get(key, [])
+        if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+            raise ConfigError(f"config {key!r} must be a list of strings; got {v!r}")
+        return [str(x) for x in v]

@@ -1,0 +1,68 @@
+"""A site's local dataset, as the node holds it: validated, split by the site, encoded.
+
+The split into training and test rows happens at the site, seeded, stratified by the label where
+both classes allow it. Nothing here leaves the node; tasks derive aggregates from it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import train_test_split
+
+from cordiale.core.errors import ConfigError
+from cordiale.data.contract import DataContract
+from cordiale.data.features import FeatureEncoder
+
+__all__ = ["LocalDataset", "split_frame"]
+
+
+def split_frame(
+    frame: pd.DataFrame, *, target: str, test_fraction: float, seed: int
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Seeded train/test split of a validated frame, stratified when every class has 2+ rows."""
+    if not 0 < test_fraction < 1:
+        raise ConfigError(f"test fraction must be in (0, 1); got {test_fraction}")
+    counts = frame[target].value_counts()
+    stratify = frame[target] if len(counts) > 1 and counts.min() >= 2 else None
+    train, test = train_test_split(
+        frame, test_size=test_fraction, random_state=seed % 2**32, stratify=stratify
+    )
+    return train.reset_index(drop=True), test.reset_index(drop=True)
+
+
+@dataclass
+class LocalDataset:
+    """Encoded training and test matrices of one site (features NaN where missing)."""
+
+    name: str
+    contract: DataContract
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    feature_names: list[str] = field(default_factory=list)
+
+    @classmethod
+    def from_frames(
+        cls, name: str, contract: DataContract, train: pd.DataFrame, test: pd.DataFrame
+    ) -> LocalDataset:
+        """Build from frames already validated by ``contract``."""
+        enc = FeatureEncoder(contract)
+        x_tr, y_tr = enc.encode(train)
+        x_te, y_te = enc.encode(test)
+        return cls(name, contract, x_tr, y_tr, x_te, y_te, enc.feature_names)
+
+    @property
+    def num_features(self) -> int:
+        return int(self.x_train.shape[1])
+
+    @property
+    def num_train(self) -> int:
+        return len(self.y_train)
+
+    @property
+    def num_test(self) -> int:
+        return len(self.y_test)

@@ -1,0 +1,258 @@
+"""The round loop, written once: setup, training rounds and evaluation through any Transport.
+
+:class:`Federation` is what the hub runs for a study and what simulation runs in one process; only
+the transport differs. Its state between rounds (global weights, strategy state, history) is plain
+data, so a hub can checkpoint it after each committed round and resume from there.
+
+Stages of a study:
+
+1. ``stats``: every node returns per-feature sufficient statistics of its training rows; with
+   ``federated`` scaling their sum fits the standardiser every node then uses.
+2. ``train`` (each round): sampled nodes get the global weights and configuration, return an
+   update and an example count; the strategy moves the global model.
+3. ``evaluate``: every node scores its test rows and returns a score histogram; metrics per site
+   and pooled (the sum of the histograms) follow.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+from cordiale.core.errors import ConfigError, ProtocolError
+from cordiale.core.messages import Content, Envelope, Message, Stage
+from cordiale.core.records import ArrayRecord, ConfigRecord
+from cordiale.data.features import Standardizer, combine_stats
+from cordiale.learn.metrics import ScoreHistogram, compute_metrics
+from cordiale.learn.models import ModelSpec, build_model, get_weights
+from cordiale.learn.strategies import FitResult, Strategy
+from cordiale.learn.tasks import derive_seed
+from cordiale.learn.trainer import TrainConfig
+from cordiale.transport.base import Transport
+
+__all__ = ["EvaluationReport", "Federation", "FederationConfig", "FederationResult", "RoundRecord"]
+
+HUB_ID = "hub"
+
+
+@dataclass(frozen=True)
+class FederationConfig:
+    study_id: str
+    rounds: int
+    seed: int = 0
+    model: ModelSpec = field(default_factory=ModelSpec)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    scaling: Literal["federated", "site"] = "federated"
+    local_layers: tuple[str, ...] = ()
+    evaluate_every: int = 1
+    round_timeout: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.rounds < 1:
+            raise ConfigError(f"rounds must be at least 1; got {self.rounds}")
+        if self.scaling not in ("federated", "site"):
+            raise ConfigError(f"scaling must be 'federated' or 'site'; got {self.scaling!r}")
+        if self.evaluate_every < 0:
+            raise ConfigError("evaluate_every must be >= 0 (0: only after the last round)")
+
+
+@dataclass
+class EvaluationReport:
+    """Metrics of one model per site and pooled over every site's test rows."""
+
+    pooled: dict[str, float]
+    per_site: dict[str, dict[str, float]]
+
+    @classmethod
+    def from_histograms(cls, hists: dict[str, ScoreHistogram]) -> EvaluationReport:
+        if not hists:
+            raise ProtocolError("no site returned an evaluation")
+        total = None
+        for h in hists.values():
+            total = h if total is None else total + h
+        assert total is not None
+        return cls(
+            pooled=compute_metrics(total),
+            per_site={s: compute_metrics(h) for s, h in sorted(hists.items())},
+        )
+
+
+@dataclass
+class RoundRecord:
+    round: int
+    nodes: list[str]
+    train_loss: float
+    seconds: float
+    evaluation: EvaluationReport | None = None
+    failures: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class FederationResult:
+    weights: ArrayRecord
+    history: list[RoundRecord]
+    evaluation: EvaluationReport
+    node_examples: dict[str, int]
+
+
+class Federation:
+    """Drives one study over a transport. Use :meth:`run`, or :meth:`setup` and :meth:`step`."""
+
+    def __init__(self, config: FederationConfig, strategy: Strategy, transport: Transport) -> None:
+        self.config = config
+        self.strategy = strategy
+        self.transport = transport
+        self.weights: ArrayRecord | None = None
+        self.scaler: Standardizer | None = None
+        self.node_examples: dict[str, int] = {}
+        self.history: list[RoundRecord] = []
+
+    # -- messaging -------------------------------------------------------------------------
+    def _exchange(
+        self, stage: Stage, server_round: int, contents: dict[str, Content]
+    ) -> tuple[dict[str, Message], dict[str, str]]:
+        """Send one message per node; return replies and failures (node -> reason) by node."""
+        msgs = [
+            Message(
+                Envelope(
+                    study_id=self.config.study_id,
+                    round=server_round,
+                    stage=stage,
+                    sender=HUB_ID,
+                    recipient=node,
+                ),
+                content,
+            )
+            for node, content in contents.items()
+        ]
+        replies = self.transport.send_and_receive(msgs, timeout=self.config.round_timeout)
+        ok: dict[str, Message] = {}
+        failures: dict[str, str] = {}
+        for r in replies:
+            err = r.content.error
+            if err is not None:
+                failures[r.envelope.sender] = f"{err.kind}: {err.message}"
+            else:
+                ok[r.envelope.sender] = r
+        for node in contents:
+            if node not in ok and node not in failures:
+                failures[node] = "no reply before the round timeout"
+        return ok, failures
+
+    def _task_config(self, server_round: int, node: str) -> ConfigRecord:
+        cfg = ConfigRecord(self.config.model.to_config())
+        for k, v in self.config.train.to_config().items():
+            cfg[k] = v
+        for k, v in self.strategy.fit_config(server_round).items():
+            cfg[k] = v
+        cfg["local_layers"] = list(self.config.local_layers)
+        cfg["seed"] = derive_seed(self.config.seed, server_round, node)
+        return cfg
+
+    def _arrays(
+        self, weights: ArrayRecord, scaler: Standardizer | None = None
+    ) -> dict[str, ArrayRecord]:
+        arrays = {"weights": weights}
+        scaler = scaler or self.scaler
+        if scaler is not None:
+            arrays["scaler"] = scaler.to_record()
+        return arrays
+
+    # -- stages ----------------------------------------------------------------------------
+    def setup(self) -> None:
+        """Collect feature statistics, fit federated scaling, initialise the global model."""
+        nodes = self.transport.node_ids()
+        if not nodes:
+            raise ProtocolError("no nodes are connected")
+        ok, failures = self._exchange("stats", 0, {n: Content() for n in nodes})
+        if failures:
+            detail = "\n".join(f"  - {n}: {why}" for n, why in sorted(failures.items()))
+            raise ProtocolError(
+                f"{len(failures)} of {len(nodes)} site(s) refused the study:\n{detail}"
+            )
+        stats = [ok[n].content.arrays["stats"] for n in nodes]
+        widths = {s["count"].shape for s in stats}
+        if len(widths) != 1:
+            raise ProtocolError(f"sites report different feature counts: {sorted(widths)}")
+        self.node_examples = {n: int(ok[n].content.metrics["num_train"]) for n in nodes}
+        if self.config.scaling == "federated":
+            self.scaler = Standardizer.from_stats(combine_stats(stats))
+        num_features = int(stats[0]["count"].shape[0])
+        model = build_model(self.config.model, num_features, seed=self.config.seed)
+        self.weights = get_weights(model)
+
+    def step(self, server_round: int) -> RoundRecord:
+        """Run training round ``server_round`` (1-based) and, when due, an evaluation."""
+        if self.weights is None:
+            raise ProtocolError("setup() must run before the first round")
+        t0 = time.perf_counter()
+        rng = np.random.default_rng([self.config.seed, server_round])
+        nodes = self.strategy.sample_nodes(self.transport.node_ids(), rng)
+        contents = {
+            n: Content(arrays=self._arrays(self.weights), config=self._task_config(server_round, n))
+            for n in nodes
+        }
+        ok, failures = self._exchange("train", server_round, contents)
+        if len(ok) < self.strategy.min_fit_nodes:
+            detail = "; ".join(f"{n}: {why}" for n, why in sorted(failures.items()))
+            raise ProtocolError(
+                f"round {server_round}: {len(ok)} of {len(nodes)} sites returned an update, "
+                f"{self.strategy.min_fit_nodes} needed ({detail})"
+            )
+        results = [
+            FitResult(
+                n,
+                m.content.arrays["update"],
+                int(m.content.metrics["num_examples"]),
+                m.content.metrics,
+            )
+            for n, m in sorted(ok.items())
+        ]
+        self.weights = self.strategy.aggregate_fit(server_round, self.weights, results)
+        total = sum(r.num_examples for r in results)
+        loss = sum(r.metrics["train_loss"] * r.num_examples for r in results) / total
+        record = RoundRecord(server_round, sorted(ok), float(loss), 0.0, failures=failures)
+        every = self.config.evaluate_every
+        last = server_round == self.config.rounds
+        if last or (every and server_round % every == 0):
+            record.evaluation = self.evaluate(self.weights, server_round=server_round)
+        record.seconds = time.perf_counter() - t0
+        self.history.append(record)
+        return record
+
+    def evaluate(
+        self,
+        weights: ArrayRecord,
+        *,
+        server_round: int = 0,
+        personalized: bool = True,
+        scaler: Standardizer | None = None,
+    ) -> EvaluationReport:
+        """Evaluate ``weights`` on every node's test rows (with its local layers if personalised).
+
+        ``scaler`` overrides the study's scaling (to evaluate a model trained elsewhere).
+        """
+        contents = {}
+        for n in self.transport.node_ids():
+            cfg = self._task_config(server_round, n)
+            cfg["personalized"] = personalized
+            contents[n] = Content(arrays=self._arrays(weights, scaler), config=cfg)
+        ok, _ = self._exchange("evaluate", server_round, contents)
+        hists = {
+            n: ScoreHistogram.from_record(m.content.arrays["histogram"]) for n, m in ok.items()
+        }
+        return EvaluationReport.from_histograms(hists)
+
+    def run(self, on_round: Callable[[RoundRecord], None] | None = None) -> FederationResult:
+        self.setup()
+        for r in range(len(self.history) + 1, self.config.rounds + 1):
+            record = self.step(r)
+            if on_round is not None:
+                on_round(record)
+        final = self.history[-1].evaluation
+        assert final is not None and self.weights is not None
+        return FederationResult(self.weights, self.history, final, self.node_examples)

@@ -1,0 +1,132 @@
+"""Tabular models (logistic regression, MLP) and the bridge between torch and ArrayRecords.
+
+Weights cross the wire as an :class:`ArrayRecord` of the model's ``state_dict`` (float32, plus
+normalisation buffers), never as torch bytes. Loading weights checks every name, shape and dtype
+against the local model first: a mismatching message is refused, never half-applied.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from cordiale.core.errors import ConfigError, ProtocolError
+from cordiale.core.records import ArrayRecord, ConfigRecord
+
+__all__ = ["MODEL_KINDS", "ModelSpec", "build_model", "get_weights", "set_weights"]
+
+MODEL_KINDS = ("logreg", "mlp")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What model to build: ``logreg`` or an ``mlp`` with hidden widths, optionally batch-normed."""
+
+    kind: Literal["logreg", "mlp"] = "mlp"
+    hidden: tuple[int, ...] = (32,)
+    batchnorm: bool = False
+
+    def __post_init__(self) -> None:
+        if self.kind not in MODEL_KINDS:
+            from cordiale.core.errors import UnknownNameError
+
+            raise UnknownNameError("model", self.kind, MODEL_KINDS)
+        if self.kind == "mlp" and (not self.hidden or min(self.hidden) < 1):
+            raise ConfigError(f"an mlp needs positive hidden widths; got {self.hidden}")
+
+    def to_config(self) -> ConfigRecord:
+        return ConfigRecord(
+            {
+                "model.kind": self.kind,
+                "model.hidden": list(self.hidden),
+                "model.batchnorm": self.batchnorm,
+            }
+        )
+
+    @classmethod
+    def from_config(cls, config: ConfigRecord) -> ModelSpec:
+        kind = config.get_str("model.kind", "mlp")
+        hidden = config.get("model.hidden", [32])
+        if not isinstance(hidden, list) or not all(isinstance(h, int) for h in hidden):
+            raise ConfigError(f"model.hidden must be a list of integers; got {hidden!r}")
+        bn = config.get("model.batchnorm", False)
+        if kind not in MODEL_KINDS:
+            from cordiale.core.errors import UnknownNameError
+
+            raise UnknownNameError("model", kind, MODEL_KINDS)
+        return cls(kind=kind, hidden=tuple(int(h) for h in hidden), batchnorm=bool(bn))  # type: ignore[arg-type]
+
+    def describe(self, num_features: int) -> str:
+        if self.kind == "logreg":
+            return f"logistic regression {num_features}-1"
+        widths = "-".join(str(w) for w in (num_features, *self.hidden, 1))
+        return f"MLP {widths}{' with batch norm' if self.batchnorm else ''}"
+
+
+class TabularNet(nn.Module):
+    """A feed-forward network that outputs one logit per row."""
+
+    def __init__(self, spec: ModelSpec, num_features: int) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        width = num_features
+        if spec.kind == "mlp":
+            for h in spec.hidden:
+                layers.append(nn.Linear(width, h))
+                if spec.batchnorm:
+                    layers.append(nn.BatchNorm1d(h))
+                layers.append(nn.ReLU())
+                width = h
+        layers.append(nn.Linear(width, 1))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x).squeeze(-1)
+
+
+def build_model(spec: ModelSpec, num_features: int, *, seed: int) -> TabularNet:
+    """Build the model with weights initialised deterministically from ``seed``."""
+    if num_features < 1:
+        raise ConfigError("the model needs at least one input feature")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return TabularNet(spec, num_features)
+
+
+def get_weights(model: nn.Module) -> ArrayRecord:
+    """The model's state as an ArrayRecord of numpy arrays (a copy)."""
+    return ArrayRecord((k, v.detach().cpu().numpy().copy()) for k, v in model.state_dict().items())
+
+
+def set_weights(model: nn.Module, weights: ArrayRecord, *, keep: tuple[str, ...] = ()) -> None:
+    """Load ``weights`` into ``model`` after checking names, shapes and dtypes.
+
+    Names starting with a prefix in ``keep`` are left as they are (personalised local layers)
+    and may be absent from ``weights``.
+    """
+    state = model.state_dict()
+    expected = {k for k in state if not k.startswith(keep)} if keep else set(state)
+    got = set(weights)
+    if not expected <= got or not got <= set(state):
+        missing = sorted(expected - got)
+        extra = sorted(got - set(state))
+        raise ProtocolError(
+            f"weights do not match the model: missing {missing}, unexpected {extra}"
+        )
+    new_state = {}
+    for k, t in state.items():
+        if k not in expected:
+            continue
+        arr = weights[k]
+        want = t.detach().cpu().numpy()
+        if arr.shape != want.shape or arr.dtype != want.dtype:
+            raise ProtocolError(
+                f"weight {k!r}: expected {want.dtype}{list(want.shape)}, got "
+                f"{arr.dtype}{list(arr.shape)}"
+            )
+        new_state[k] = torch.from_numpy(np.array(arr, copy=True))
+    model.load_state_dict(new_state, strict=False)

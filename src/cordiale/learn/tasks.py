@@ -1,0 +1,116 @@
+"""Node-side task code: what a node computes for each stage of a study.
+
+The same functions run in simulation and behind a networked node; they take the task message's
+content and the local dataset and return the reply's content. What they return is only ever an
+aggregate: feature statistics, a model update and an example count, or a score histogram.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from cordiale.core.errors import ProtocolError
+from cordiale.core.messages import Content
+from cordiale.core.records import ArrayRecord, ConfigRecord, MetricRecord
+from cordiale.data.features import Standardizer, feature_stats
+from cordiale.data.local import LocalDataset
+from cordiale.learn.metrics import ScoreHistogram
+from cordiale.learn.models import ModelSpec, TabularNet, build_model, get_weights, set_weights
+from cordiale.learn.trainer import TrainConfig, predict_proba, train_local
+
+__all__ = ["NodeState", "derive_seed", "run_evaluate", "run_stats", "run_train"]
+
+
+def derive_seed(*parts: int | str) -> int:
+    """A 63-bit seed derived from integers and strings (stable across processes and platforms)."""
+    ints = [p if isinstance(p, int) else zlib.crc32(p.encode()) for p in parts]
+    return int(np.random.SeedSequence(ints).generate_state(2, np.uint64)[0] >> np.uint64(1))
+
+
+@dataclass
+class NodeState:
+    """What a node remembers between rounds of one study: its personalised (local) layers."""
+
+    local_layers: dict[str, ArrayRecord] = field(default_factory=dict)
+
+
+def _scaler(ds: LocalDataset, content: Content) -> Standardizer:
+    rec = content.arrays.get("scaler")
+    if rec is None:
+        return Standardizer.fit(ds.x_train)
+    scaler = Standardizer.from_record(rec)
+    if scaler.mean.shape != (ds.num_features,) or scaler.std.shape != (ds.num_features,):
+        raise ProtocolError(
+            f"scaler has {scaler.mean.shape} entries; the local data has {ds.num_features} features"
+        )
+    return scaler
+
+
+def _model(ds: LocalDataset, content: Content, state: NodeState, study: str) -> TabularNet:
+    cfg = content.config
+    weights = content.arrays.get("weights")
+    if weights is None:
+        raise ProtocolError("task carries no 'weights' record")
+    model = build_model(ModelSpec.from_config(cfg), ds.num_features, seed=cfg.get_int("seed", 0))
+    keep = tuple(cfg.get_str_list("local_layers"))
+    if not keep or cfg.get("personalized", True) is False:
+        set_weights(model, weights)
+        return model
+    merged = weights.copy()
+    for k, v in state.local_layers.get(study, ArrayRecord()).items():
+        merged[k] = v
+    set_weights(model, merged, keep=keep)  # local layers keep their initial values until trained
+    return model
+
+
+def run_stats(ds: LocalDataset, content: Content) -> Content:
+    """Per-feature count/sum/sum-of-squares of the training rows, for federated scaling."""
+    return Content(
+        arrays={"stats": feature_stats(ds.x_train)},
+        metrics=MetricRecord({"num_train": ds.num_train, "num_test": ds.num_test}),
+    )
+
+
+def run_train(ds: LocalDataset, content: Content, state: NodeState, study: str) -> Content:
+    """Train locally from the global weights; reply with the update and the example count."""
+    cfg: ConfigRecord = content.config
+    model = _model(ds, content, state, study)
+    start = get_weights(model)
+    x = _scaler(ds, content).transform(ds.x_train)
+    outcome = train_local(
+        model, x, ds.y_train, TrainConfig.from_config(cfg), seed=cfg.get_int("seed", 0)
+    )
+    end = get_weights(model)
+    keep = tuple(cfg.get_str_list("local_layers"))
+    if keep:
+        state.local_layers[study] = ArrayRecord(
+            (k, v) for k, v in end.items() if k.startswith(keep)
+        )
+    update = ArrayRecord(
+        (k, (end[k].astype(np.float64) - start[k].astype(np.float64)).astype(start[k].dtype))
+        for k in end
+        if np.issubdtype(end[k].dtype, np.floating) and not (keep and k.startswith(keep))
+    )
+    return Content(
+        arrays={"update": update},
+        metrics=MetricRecord(
+            {
+                "num_examples": outcome.num_examples,
+                "train_loss": outcome.loss,
+                "steps": outcome.steps,
+            }
+        ),
+    )
+
+
+def run_evaluate(ds: LocalDataset, content: Content, state: NodeState, study: str) -> Content:
+    """Score the test rows; reply with a score histogram (never the scores)."""
+    model = _model(ds, content, state, study)
+    probs = predict_proba(model, _scaler(ds, content).transform(ds.x_test))
+    hist = ScoreHistogram.from_scores(probs, ds.y_test)
+    return Content(
+        arrays={"histogram": hist.to_record()}, metrics=MetricRecord({"num_examples": ds.num_test})
+    )

@@ -1,0 +1,87 @@
+"""The node runtime: one site's side of a study, behind any transport.
+
+It decodes a task, checks it (addressed to this node, not seen before, a stage it knows), runs the
+node-side task code of :mod:`cordiale.learn.tasks` on the local dataset and encodes the reply. A
+failure becomes an error reply that carries only the error's public message: local detail (paths,
+values) never leaves the site. The networked node agent wraps this same runtime.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from cordiale.core.codec import DecodeLimits, decode_message, encode_message
+from cordiale.core.errors import CordialeError, ProtocolError, WireError
+from cordiale.core.messages import Content, Envelope, ErrorInfo, Message, ReplayGuard
+from cordiale.data.local import LocalDataset
+from cordiale.learn.tasks import NodeState, run_evaluate, run_stats, run_train
+
+__all__ = ["NodeRuntime"]
+
+log = logging.getLogger(__name__)
+
+
+class NodeRuntime:
+    """Serves task messages for one site from its local dataset."""
+
+    def __init__(
+        self, node_id: str, dataset: LocalDataset, *, limits: DecodeLimits | None = None
+    ) -> None:
+        self.node_id = node_id
+        self.dataset = dataset
+        self.state = NodeState()
+        self._guard = ReplayGuard()
+        self._limits = limits or DecodeLimits()
+        self.tasks_run = 0
+
+    def handle(self, message: Message) -> Message:
+        """Answer one task message (never raises for a bad task: replies with the error)."""
+        try:
+            env = message.envelope
+            if env.recipient != self.node_id:
+                raise ProtocolError(f"task addressed to {env.recipient!r}, not to this node")
+            self._guard.accept(message)
+            content = self._dispatch(message)
+            self.tasks_run += 1
+        except CordialeError as e:
+            content = Content(error=ErrorInfo(kind=type(e).__name__, message=e.public_message))
+        except Exception:
+            log.exception("task %s failed at node %s", message.envelope.message_id, self.node_id)
+            content = Content(
+                error=ErrorInfo(kind="InternalError", message="internal error at node")
+            )
+        return message.reply(content)
+
+    def handle_bytes(self, data: bytes) -> bytes:
+        """Decode, answer and encode: the byte-level entry used by transports."""
+        try:
+            message = decode_message(data, self._limits)
+        except WireError as e:
+            reply = Message(
+                Envelope(
+                    study_id="unknown",
+                    round=0,
+                    stage="control",
+                    sender=self.node_id,
+                    recipient="hub",
+                ),
+                Content(error=ErrorInfo(kind="WireError", message=e.public_message)),
+            )
+            return encode_message(reply)
+        return encode_message(self.handle(message))
+
+    def _dispatch(self, message: Message) -> Content:
+        handlers: dict[str, Callable[[], Content]] = {
+            "stats": lambda: run_stats(self.dataset, message.content),
+            "train": lambda: run_train(
+                self.dataset, message.content, self.state, message.envelope.study_id
+            ),
+            "evaluate": lambda: run_evaluate(
+                self.dataset, message.content, self.state, message.envelope.study_id
+            ),
+        }
+        handler = handlers.get(message.envelope.stage)
+        if handler is None:
+            raise ProtocolError(f"this node does not run stage {message.envelope.stage!r}")
+        return handler()

@@ -1,0 +1,44 @@
+import numpy as np
+import pytest
+
+from cordiale.core.errors import ConfigError
+from cordiale.core.records import ArrayRecord, ConfigRecord, MetricRecord
+
+
+def test_array_record_validates_on_insert():
+    rec = ArrayRecord({"w": np.zeros(3, np.float32)})
+    with pytest.raises(ConfigError, match="dtype complex128"):
+        rec["c"] = np.zeros(2, np.complex128)
+    with pytest.raises(ConfigError, match="numpy array"):
+        rec["l"] = [1, 2]  # type: ignore[assignment]
+    with pytest.raises(ConfigError, match="key must be"):
+        rec["bad/name"] = np.zeros(1)
+    with pytest.raises(ConfigError, match="dtype object"):
+        rec["o"] = np.array([object()])
+    assert list(rec) == ["w"]
+
+
+def test_array_record_big_endian_is_stored_little_endian():
+    rec = ArrayRecord({"x": np.arange(4, dtype=">f8")})
+    assert rec["x"].dtype.byteorder in ("<", "=")
+    np.testing.assert_array_equal(rec["x"], np.arange(4.0))
+
+
+def test_metric_record_rejects_non_finite_and_non_numbers():
+    m = MetricRecord({"auc": 0.8, "n": 3})
+    assert m.to_dict() == {"auc": 0.8, "n": 3}
+    for bad in (float("nan"), float("inf"), "0.5", True):
+        with pytest.raises(ConfigError):
+            m["x"] = bad  # type: ignore[assignment]
+
+
+def test_config_record_values_and_typed_getters():
+    c = ConfigRecord({"lr": 0.1, "layers": ["a", "b"], "n": 3, "flag": True})
+    assert c.get_float("lr", 0) == 0.1 and c.get_int("n", 0) == 3
+    assert c.get_str_list("layers") == ["a", "b"]
+    with pytest.raises(ConfigError, match="flat list of one scalar type"):
+        c["mixed"] = [1, "a"]
+    with pytest.raises(ConfigError, match="must be a bool"):
+        c["d"] = {"nested": 1}
+    with pytest.raises(ConfigError, match="must be an integer"):
+        c.get_int("lr", 0)
