@@ -1,0 +1,78 @@
+"""Cryptography for Cordiale: secure aggregation and its building blocks (pure, no I/O).
+
+Hand-written secure-aggregation protocol of Bonawitz et al. (CCS 2017) with the SecAgg+ sparse
+graph of Bell et al. (CCS 2020); the primitives (X25519, HKDF-SHA256, AES-GCM, ChaCha20) come
+from the ``cryptography`` package. Modules:
+
+* :mod:`~cordiale.crypto.primitives` key pairs, key agreement, authenticated encryption;
+* :mod:`~cordiale.crypto.prg` seed to mask expansion (ChaCha20 keystream into numpy);
+* :mod:`~cordiale.crypto.shamir` t-of-n secret sharing over GF(2^8);
+* :mod:`~cordiale.crypto.fixedpoint` float vectors to the ring Z_{2^32} or Z_{2^64} and back;
+* :mod:`~cordiale.crypto.graph` the SecAgg+ neighbour graph;
+* :mod:`~cordiale.crypto.messages` the round configuration and the wire messages;
+* :mod:`~cordiale.crypto.secagg` client and server state machines and in-process drivers.
+
+Depends only on :mod:`cordiale.core`, numpy and cryptography.
+"""
+
+from .fixedpoint import FixedPointCodec, choose_bits, decode_weighted, encode_weighted
+from .graph import neighbour_graph
+from .messages import (
+    AdvertiseKeysRequest,
+    AggregateResult,
+    KeyAdvertisement,
+    MaskedInputRequest,
+    MaskedInputResponse,
+    SecAggConfig,
+    ShareKeysRequest,
+    ShareKeysResponse,
+    Stage,
+    UnmaskRequest,
+    UnmaskResponse,
+)
+from .prg import expand_mask
+from .primitives import KeyPair, agree, decrypt, derive_key, encrypt, generate_keypair
+from .secagg import (
+    SecAggClient,
+    SecAggResult,
+    SecAggServer,
+    default_threshold,
+    run_protocol,
+    run_secagg_round,
+)
+from .shamir import Share, combine_shares, split_secret
+
+__all__ = [
+    "AdvertiseKeysRequest",
+    "AggregateResult",
+    "FixedPointCodec",
+    "KeyAdvertisement",
+    "KeyPair",
+    "MaskedInputRequest",
+    "MaskedInputResponse",
+    "SecAggClient",
+    "SecAggConfig",
+    "SecAggResult",
+    "SecAggServer",
+    "Share",
+    "ShareKeysRequest",
+    "ShareKeysResponse",
+    "Stage",
+    "UnmaskRequest",
+    "UnmaskResponse",
+    "agree",
+    "choose_bits",
+    "combine_shares",
+    "decode_weighted",
+    "decrypt",
+    "default_threshold",
+    "derive_key",
+    "encode_weighted",
+    "encrypt",
+    "expand_mask",
+    "generate_keypair",
+    "neighbour_graph",
+    "run_protocol",
+    "run_secagg_round",
+    "split_secret",
+]

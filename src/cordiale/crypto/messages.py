@@ -1,0 +1,287 @@
+"""The public configuration and the messages of Cordiale's secure-aggregation protocol.
+
+Hand-written. Every message is a frozen dataclass whose fields are only ``int``, ``str``,
+``bytes``, tuples of ``str`` or ``bytes`` (parallel tuples instead of nested records) and, for
+the masked input, a 1-D unsigned numpy array, so that the project's wire codec (JSON header +
+safetensors) can carry them without pickle. Constructors validate field types and raise
+:class:`~cordiale.core.errors.WireError` for malformed content; lists are accepted and stored as
+tuples, arrays are copied and made read-only.
+
+The four stages (Bonawitz et al. 2017; SecAgg+ of Bell et al. 2020)::
+
+    stage 0 ADVERTISE_KEYS  server -> AdvertiseKeysRequest  -> client -> KeyAdvertisement
+    stage 1 SHARE_KEYS      server -> ShareKeysRequest      -> client -> ShareKeysResponse
+    stage 2 MASKED_INPUT    server -> MaskedInputRequest    -> client -> MaskedInputResponse
+    stage 3 UNMASK          server -> UnmaskRequest         -> client -> UnmaskResponse
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar
+
+import numpy as np
+
+from cordiale.core.errors import CryptoError, WireError
+
+from .graph import neighbour_graph
+from .prg import ring_dtype
+from .shamir import MAX_SHARES
+
+__all__ = [
+    "AdvertiseKeysRequest",
+    "AggregateResult",
+    "KeyAdvertisement",
+    "MaskedInputRequest",
+    "MaskedInputResponse",
+    "SecAggConfig",
+    "ShareKeysRequest",
+    "ShareKeysResponse",
+    "Stage",
+    "UnmaskRequest",
+    "UnmaskResponse",
+]
+
+
+class Stage(enum.IntEnum):
+    """The protocol stages, in order."""
+
+    ADVERTISE_KEYS = 0
+    SHARE_KEYS = 1
+    MASKED_INPUT = 2
+    UNMASK = 3
+
+
+@dataclass(frozen=True)
+class SecAggConfig:
+    """Public parameters of one secure-aggregation round, identical at server and clients.
+
+    ``threshold`` (t) is counted within each client's *closed* neighbourhood (the client and
+    its neighbours): the secrets of a client can be reconstructed from any t members of it.
+    ``degree`` (k) is the number of neighbours on the SecAgg+ graph; None (or ``n - 1``) gives
+    the complete graph, i.e. the original protocol. Require ``2 <= t <= k + 1``; ``t`` above
+    half of ``k + 1`` is recommended so that a minority of colluding clients cannot reconstruct.
+    ``bits`` is the ring width (32 or 64) and ``vector_length`` the number of ring words.
+    """
+
+    round_id: int
+    client_ids: tuple[str, ...]
+    threshold: int
+    vector_length: int
+    bits: int = 32
+    degree: int | None = None
+    graph_seed: bytes = b""
+    _graph: dict[str, frozenset[str]] = field(init=False, repr=False, compare=False)
+    _positions: dict[str, dict[str, int]] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "client_ids", tuple(sorted(self.client_ids)))
+        for name in ("round_id", "threshold", "vector_length"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise CryptoError(f"{name} is a non-negative integer, got {value!r}")
+        ring_dtype(self.bits)
+        n = len(self.client_ids)
+        if n < 2:
+            raise CryptoError(f"secure aggregation needs at least 2 clients, got {n}")
+        degree = n - 1 if self.degree is None else self.degree
+        graph = neighbour_graph(self.client_ids, degree, self.graph_seed)
+        smallest = min(len(v) for v in graph.values()) + 1
+        largest = max(len(v) for v in graph.values()) + 1
+        if largest > MAX_SHARES:
+            raise CryptoError(
+                f"a neighbourhood of {largest} clients exceeds the {MAX_SHARES} shares a secret "
+                f"can have; use SecAgg+ with degree < {MAX_SHARES}"
+            )
+        if not 2 <= self.threshold <= smallest:
+            raise CryptoError(
+                f"the threshold lies in 2..{smallest} (the smallest neighbourhood, client "
+                f"included), got {self.threshold}"
+            )
+        if self.vector_length < 1:
+            raise CryptoError("vector_length is at least 1")
+        positions = {
+            owner: {holder: i + 1 for i, holder in enumerate(sorted(graph[owner] | {owner}))}
+            for owner in self.client_ids
+        }
+        object.__setattr__(self, "_graph", graph)
+        object.__setattr__(self, "_positions", positions)
+
+    @property
+    def dtype(self) -> np.dtype[np.unsignedinteger]:
+        """The numpy dtype of the ring words."""
+        return ring_dtype(self.bits)
+
+    def neighbours(self, client_id: str) -> frozenset[str]:
+        """The neighbours of ``client_id`` on the public graph (itself excluded)."""
+        try:
+            return self._graph[client_id]
+        except KeyError:
+            raise CryptoError(f"{client_id!r} is not a client of this round") from None
+
+    def share_index(self, owner: str, holder: str) -> int:
+        """The Shamir index (1-based) of the share of ``owner``'s secrets held by ``holder``."""
+        try:
+            return self._positions[owner][holder]
+        except KeyError:
+            raise CryptoError(f"{holder!r} holds no share of {owner!r}'s secrets") from None
+
+
+class _Message:
+    """Validation shared by all messages: field types, parallel tuple lengths."""
+
+    stage: ClassVar[Stage]
+    _parallel: ClassVar[tuple[tuple[str, ...], ...]] = ()
+
+    def __post_init__(self) -> None:
+        for f in fields(self):  # type: ignore[arg-type]
+            value = getattr(self, f.name)
+            object.__setattr__(self, f.name, _check_field(type(self).__name__, f, value))
+        for group in self._parallel:
+            lengths = {name: len(getattr(self, name)) for name in group}
+            if len(set(lengths.values())) > 1:
+                raise WireError(
+                    f"{type(self).__name__}: parallel fields differ in length {lengths}"
+                )
+
+
+def _check_field(owner: str, f: Any, value: Any) -> Any:
+    where = f"{owner}.{f.name}"
+    if f.type == "int":
+        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 0:
+            raise WireError(f"{where} is a non-negative integer, got {value!r}")
+        return int(value)
+    if f.type == "str":
+        if not isinstance(value, str) or not value:
+            raise WireError(f"{where} is a non-empty string, got {type(value).__name__}")
+        return value
+    if f.type == "bytes":
+        if not isinstance(value, bytes | bytearray):
+            raise WireError(f"{where} is bytes, got {type(value).__name__}")
+        return bytes(value)
+    if f.type in ("tuple[str, ...]", "tuple[bytes, ...]"):
+        kind = str if f.type == "tuple[str, ...]" else bytes
+        if not isinstance(value, tuple | list) or any(not isinstance(v, kind) for v in value):
+            raise WireError(f"{where} is a sequence of {kind.__name__}")
+        return tuple(value)
+    if f.type == "np.ndarray":
+        if not isinstance(value, np.ndarray) or value.ndim != 1:
+            raise WireError(f"{where} is a 1-D numpy array")
+        if value.dtype not in (np.dtype(np.uint32), np.dtype(np.uint64)):
+            raise WireError(f"{where} has dtype uint32 or uint64, got {value.dtype}")
+        array = value.copy()
+        array.setflags(write=False)
+        return array
+    raise WireError(f"{where} has an unsupported type {f.type}")  # pragma: no cover
+
+
+@dataclass(frozen=True)
+class AdvertiseKeysRequest(_Message):
+    """Stage 0, server to client: start the round."""
+
+    stage: ClassVar[Stage] = Stage.ADVERTISE_KEYS
+    round_id: int
+    receiver: str
+
+
+@dataclass(frozen=True)
+class KeyAdvertisement(_Message):
+    """Stage 0, client to server: the client's two X25519 public keys (c for encryption, s for
+    masks)."""
+
+    stage: ClassVar[Stage] = Stage.ADVERTISE_KEYS
+    round_id: int
+    sender: str
+    enc_public_key: bytes
+    mask_public_key: bytes
+
+
+@dataclass(frozen=True)
+class ShareKeysRequest(_Message):
+    """Stage 1, server to client: the keys of the receiver and of its neighbours still alive."""
+
+    stage: ClassVar[Stage] = Stage.SHARE_KEYS
+    _parallel: ClassVar[tuple[tuple[str, ...], ...]] = (
+        ("client_ids", "enc_public_keys", "mask_public_keys"),
+    )
+    round_id: int
+    receiver: str
+    client_ids: tuple[str, ...]
+    enc_public_keys: tuple[bytes, ...]
+    mask_public_keys: tuple[bytes, ...]
+
+
+@dataclass(frozen=True)
+class ShareKeysResponse(_Message):
+    """Stage 1, client to server: one AES-GCM ciphertext of shares per neighbour, and a hash
+    commitment to the self-mask seed (checked by the server after reconstruction)."""
+
+    stage: ClassVar[Stage] = Stage.SHARE_KEYS
+    _parallel: ClassVar[tuple[tuple[str, ...], ...]] = (("receivers", "ciphertexts"),)
+    round_id: int
+    sender: str
+    receivers: tuple[str, ...]
+    ciphertexts: tuple[bytes, ...]
+    self_mask_commitment: bytes
+
+
+@dataclass(frozen=True)
+class MaskedInputRequest(_Message):
+    """Stage 2, server to client: the ciphertexts addressed to the receiver, relayed as is."""
+
+    stage: ClassVar[Stage] = Stage.MASKED_INPUT
+    _parallel: ClassVar[tuple[tuple[str, ...], ...]] = (("senders", "receivers", "ciphertexts"),)
+    round_id: int
+    receiver: str
+    senders: tuple[str, ...]
+    receivers: tuple[str, ...]
+    ciphertexts: tuple[bytes, ...]
+
+
+@dataclass(frozen=True, eq=False)
+class MaskedInputResponse(_Message):
+    """Stage 2, client to server: the masked input ``y_u`` (ring words)."""
+
+    stage: ClassVar[Stage] = Stage.MASKED_INPUT
+    round_id: int
+    sender: str
+    masked: np.ndarray
+
+
+@dataclass(frozen=True)
+class UnmaskRequest(_Message):
+    """Stage 3, server to client: which of the receiver's neighbours survived stage 2 (reveal
+    their self-mask shares) and which dropped (reveal their mask-key shares)."""
+
+    stage: ClassVar[Stage] = Stage.UNMASK
+    round_id: int
+    receiver: str
+    survivors: tuple[str, ...]
+    dropped: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class UnmaskResponse(_Message):
+    """Stage 3, client to server: encoded Shamir shares (see ``Share.to_bytes``)."""
+
+    stage: ClassVar[Stage] = Stage.UNMASK
+    _parallel: ClassVar[tuple[tuple[str, ...], ...]] = (
+        ("self_mask_owners", "self_mask_shares"),
+        ("key_owners", "key_shares"),
+    )
+    round_id: int
+    sender: str
+    self_mask_owners: tuple[str, ...]
+    self_mask_shares: tuple[bytes, ...]
+    key_owners: tuple[str, ...]
+    key_shares: tuple[bytes, ...]
+
+
+@dataclass(frozen=True, eq=False)
+class AggregateResult:
+    """The server's output: the ring sum of the inputs of ``survivors`` (stage-2 senders)."""
+
+    round_id: int
+    total: np.ndarray
+    survivors: tuple[str, ...]

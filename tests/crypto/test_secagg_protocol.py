@@ -1,0 +1,294 @@
+"""End-to-end secure aggregation: correct sums with dropouts, clean aborts, SecAgg+ graphs."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cordiale.core.errors import ConfigError, CryptoError, SecAggAbort
+from cordiale.crypto import (
+    SecAggConfig,
+    Stage,
+    neighbour_graph,
+    run_protocol,
+    run_secagg_round,
+)
+
+CLIP = 1.0
+
+
+def ids(n: int) -> list[str]:
+    return [f"site-{i:02d}" for i in range(n)]
+
+
+def random_inputs(n: int, length: int, seed: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {c: rng.uniform(-CLIP, CLIP, length) for c in ids(n)}
+
+
+def drop_schedule(draw_order: list[str], counts: list[int]) -> dict[Stage, set[str]]:
+    """Drop the first counts[0] clients of draw_order at stage 0, the next counts[1] at 1..."""
+    schedule, start = {}, 0
+    for stage, count in zip(Stage, counts, strict=True):
+        schedule[stage] = set(draw_order[start : start + count])
+        start += count
+    return schedule
+
+
+@settings(max_examples=30, deadline=None)
+@given(data=st.data())
+def test_sum_is_exact_within_quantisation_with_dropouts_at_every_stage(data):
+    n = data.draw(st.integers(3, 8), label="n")
+    t = data.draw(st.integers(2, n), label="t")
+    budget = n - t
+    counts = []
+    for _ in Stage:
+        counts.append(data.draw(st.integers(0, budget - sum(counts))))
+    order = data.draw(st.permutations(ids(n)))
+    inputs = random_inputs(n, data.draw(st.integers(1, 40)), data.draw(st.integers(0, 2**31)))
+    drops = drop_schedule(list(order), counts)
+    result = run_secagg_round(inputs, clip=CLIP, frac_bits=16, threshold=t, drop_at=drops)
+    gone_before_input = drops[Stage.ADVERTISE_KEYS] | drops[Stage.SHARE_KEYS]
+    expected_survivors = set(ids(n)) - gone_before_input - drops[Stage.MASKED_INPUT]
+    assert set(result.survivors) == expected_survivors
+    expected = sum(inputs[c] for c in result.survivors)
+    assert np.abs(result.total - expected).max() <= result.quantisation_bound
+    assert result.quantisation_bound == len(expected_survivors) * 2.0**-17
+
+
+@settings(max_examples=20, deadline=None)
+@given(n=st.integers(3, 7), seed=st.integers(0, 2**31), data=st.data())
+def test_weighted_sum_and_total_weight(n, seed, data):
+    rng = np.random.default_rng(seed)
+    weights = {c: int(rng.integers(0, 500)) for c in ids(n)}
+    updates = {c: rng.uniform(-1, 1, 5) for c in ids(n)}
+    weighted = {c: weights[c] * updates[c] for c in ids(n)}  # clip must cover max weight
+    dropped = data.draw(st.sets(st.sampled_from(ids(n)), max_size=n - 2))
+    result = run_secagg_round(
+        weighted,
+        clip=500.0,
+        frac_bits=12,
+        threshold=2,
+        weights=weights,
+        drop_at={Stage.MASKED_INPUT: dropped},
+    )
+    assert result.total_weight == sum(weights[c] for c in result.survivors)
+    expected = sum(weighted[c] for c in result.survivors)
+    assert np.abs(result.total - expected).max() <= result.quantisation_bound
+    if result.total_weight:
+        mean = sum(weights[c] * updates[c] for c in result.survivors) / result.total_weight
+        assert np.abs(result.mean() - mean).max() <= result.quantisation_bound
+
+
+@pytest.mark.parametrize("stage", list(Stage))
+def test_dropping_exactly_n_minus_t_at_one_stage_still_sums(stage):
+    inputs = random_inputs(7, 10, seed=stage)
+    dropped = set(ids(7)[:3])
+    result = run_secagg_round(inputs, clip=CLIP, threshold=4, drop_at={stage: dropped})
+    assert len(result.survivors) == (4 if stage < Stage.UNMASK else 7)
+    expected = sum(inputs[c] for c in result.survivors)
+    assert np.abs(result.total - expected).max() <= result.quantisation_bound
+
+
+@pytest.mark.parametrize("stage", list(Stage))
+def test_fewer_than_t_survivors_abort_with_a_clear_message(stage):
+    inputs = random_inputs(7, 10, seed=1)
+    with pytest.raises(SecAggAbort, match=r"threshold is 4") as info:
+        run_secagg_round(inputs, clip=CLIP, threshold=4, drop_at={stage: set(ids(7)[:4])})
+    assert "aborted" in str(info.value)
+    assert info.value.public_message == "secure aggregation aborted"
+
+
+def test_dropouts_spread_over_stages_abort_when_they_add_up_past_n_minus_t():
+    inputs = random_inputs(6, 4, seed=2)
+    drops = {
+        Stage.SHARE_KEYS: {"site-00"},
+        Stage.MASKED_INPUT: {"site-01"},
+        Stage.UNMASK: {"site-02"},
+    }
+    with pytest.raises(SecAggAbort, match="cannot reconstruct the self mask"):
+        run_secagg_round(inputs, clip=CLIP, threshold=4, drop_at=drops)
+
+
+@pytest.mark.parametrize("bits", [32, 64])
+def test_ring_sum_is_exact_on_raw_words(bits):
+    dtype = np.uint32 if bits == 32 else np.uint64
+    rng = np.random.default_rng(bits)
+    config = SecAggConfig(
+        round_id=3, client_ids=tuple(ids(6)), threshold=3, vector_length=64, bits=bits
+    )
+    vectors = {c: rng.integers(0, 2**bits, 64, dtype=dtype, endpoint=False) for c in ids(6)}
+    result = run_protocol(config, vectors, drop_at={Stage.MASKED_INPUT: {"site-05"}})
+    expected = np.zeros(64, dtype=dtype)
+    for c in result.survivors:
+        expected += vectors[c]
+    assert np.array_equal(result.total, expected)
+    assert result.round_id == 3
+
+
+def test_large_values_pick_a_64_bit_ring_and_shapes_are_kept():
+    rng = np.random.default_rng(5)
+    inputs = {c: rng.uniform(-1e4, 1e4, (2, 3)) for c in ids(4)}
+    result = run_secagg_round(inputs, clip=1e4, frac_bits=20)
+    assert result.codec.bits == 64 and result.total.shape == (2, 3)
+    assert np.abs(result.total - sum(inputs.values())).max() <= result.quantisation_bound
+
+
+def test_stochastic_rounding_round():
+    inputs = random_inputs(4, 50, seed=9)
+    result = run_secagg_round(
+        inputs, clip=CLIP, frac_bits=10, stochastic=True, rng=np.random.default_rng(0)
+    )
+    assert result.quantisation_bound == 4 * 2.0**-10
+    assert np.abs(result.total - sum(inputs.values())).max() <= result.quantisation_bound
+
+
+# -- SecAgg+ -------------------------------------------------------------------------------
+
+
+def tolerated(graph: dict[str, frozenset[str]], drops: dict[Stage, set[str]], t: int) -> bool:
+    """Sufficient condition for success: every client that shared keys keeps >= t live members
+    of its closed neighbourhood until the end."""
+    alive = set(graph)
+    for stage in Stage:
+        alive -= drops.get(stage, set())
+    shared = (
+        set(graph) - drops.get(Stage.ADVERTISE_KEYS, set()) - drops.get(Stage.SHARE_KEYS, set())
+    )
+    return all(len((graph[v] | {v}) & alive) >= t for v in shared)
+
+
+@settings(max_examples=25, deadline=None)
+@given(data=st.data())
+def test_secagg_plus_sums_correctly_with_dropouts_within_tolerance(data):
+    n = data.draw(st.integers(8, 16), label="n")
+    k = data.draw(st.integers(3, 6), label="k")
+    t = data.draw(st.integers(2, (k + 1) // 2 + 1), label="t")
+    seed = data.draw(st.binary(min_size=4, max_size=4), label="graph seed")
+    order = data.draw(st.permutations(ids(n)))
+    counts = [data.draw(st.integers(0, 2)) for _ in Stage]
+    drops = drop_schedule(list(order), counts)
+    inputs = random_inputs(n, 16, seed=n * k)
+    graph = neighbour_graph(ids(n), k, seed)
+    try:
+        result = run_secagg_round(
+            inputs, clip=CLIP, threshold=t, degree=k, graph_seed=seed, drop_at=drops
+        )
+    except SecAggAbort:
+        assert not tolerated(graph, drops, t)
+        return
+    expected = sum(inputs[c] for c in result.survivors)
+    assert np.abs(result.total - expected).max() <= result.quantisation_bound
+
+
+def test_secagg_plus_with_a_known_tolerable_schedule():
+    n, k, t = 20, 6, 3
+    inputs = random_inputs(n, 30, seed=4)
+    drops = {
+        Stage.SHARE_KEYS: {"site-03"},
+        Stage.MASKED_INPUT: {"site-11"},
+        Stage.UNMASK: {"site-17"},
+    }
+    assert tolerated(neighbour_graph(ids(n), k, b"s"), drops, t)
+    result = run_secagg_round(
+        inputs, clip=CLIP, threshold=t, degree=k, graph_seed=b"s", drop_at=drops
+    )
+    assert len(result.survivors) == 18
+    assert np.abs(result.total - sum(inputs[c] for c in result.survivors)).max() <= 18 * 2**-17
+
+
+@pytest.mark.parametrize(("n", "k"), [(8, 2), (8, 3), (9, 3), (9, 4), (10, 5), (7, 6), (6, 9)])
+def test_harary_graph_is_symmetric_regular_and_k_connected(n, k):
+    graph = neighbour_graph(ids(n), k, b"seed")
+    for v, nbrs in graph.items():
+        assert v not in nbrs and all(v in graph[u] for u in nbrs)
+    degrees = sorted(len(nbrs) for nbrs in graph.values())
+    k_eff = min(k, n - 1)
+    assert degrees[0] == k_eff and degrees[-1] <= k_eff + 1
+    assert sum(d > k_eff for d in degrees) <= 1
+    for removed in itertools.combinations(ids(n), k_eff - 1):
+        assert _connected({v: nbrs - set(removed) for v, nbrs in graph.items() if v not in removed})
+
+
+def test_graph_depends_on_seed_not_on_order():
+    a = neighbour_graph(ids(12), 4, b"one")
+    assert a == neighbour_graph(list(reversed(ids(12))), 4, b"one")
+    assert a != neighbour_graph(ids(12), 4, b"two")
+    complete = neighbour_graph(ids(5), 4)
+    assert all(len(nbrs) == 4 for nbrs in complete.values())
+
+
+@pytest.mark.parametrize(
+    ("client_ids", "degree", "match"),
+    [(["a", "a", "b"], 1, "distinct"), (["a", ""], 1, "non-empty"), (["a", "b"], 0, "degree")],
+)
+def test_bad_graph_parameters(client_ids, degree, match):
+    with pytest.raises(CryptoError, match=match):
+        neighbour_graph(client_ids, degree)
+
+
+def _connected(graph: dict[str, set[str]]) -> bool:
+    start = next(iter(graph))
+    seen, frontier = {start}, [start]
+    while frontier:
+        for u in graph[frontier.pop()]:
+            if u not in seen:
+                seen.add(u)
+                frontier.append(u)
+    return seen == set(graph)
+
+
+# -- configuration and driver errors -------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"client_ids": ("a",)}, "at least 2 clients"),
+        ({"threshold": 1}, "threshold lies in 2..5"),
+        ({"threshold": 6}, "threshold lies in 2..5"),
+        ({"degree": 2, "threshold": 4}, "threshold lies in 2..3"),
+        ({"vector_length": 0}, "vector_length"),
+        ({"bits": 16}, "32 or 64"),
+        ({"round_id": -1}, "round_id"),
+        ({"client_ids": tuple(ids(300)), "threshold": 2}, "exceeds the 255 shares"),
+    ],
+)
+def test_bad_config_is_refused(kwargs, match):
+    base = {"round_id": 0, "client_ids": tuple(ids(5)), "threshold": 3, "vector_length": 4}
+    with pytest.raises(CryptoError, match=match):
+        SecAggConfig(**{**base, **kwargs})
+
+
+def test_large_federation_needs_secagg_plus():
+    config = SecAggConfig(
+        round_id=0, client_ids=tuple(ids(300)), threshold=3, vector_length=1, degree=8
+    )
+    assert len(config.neighbours("site-00")) == 8
+
+
+def test_driver_errors():
+    inputs = random_inputs(3, 2, 0)
+    with pytest.raises(ConfigError, match="unknown clients"):
+        run_secagg_round(inputs, clip=CLIP, drop_at={Stage.UNMASK: {"nobody"}})
+    with pytest.raises(ConfigError, match=r"stages are 0\.\.3"):
+        run_secagg_round(inputs, clip=CLIP, drop_at={7: set()})
+    with pytest.raises(ConfigError, match="one shape"):
+        run_secagg_round({**inputs, "site-00": np.zeros(3)}, clip=CLIP)
+    with pytest.raises(ConfigError, match="at least 2"):
+        run_secagg_round({"a": np.zeros(2)}, clip=CLIP)
+    with pytest.raises(ConfigError, match="weights"):
+        run_secagg_round(inputs, clip=CLIP, weights={"site-00": 1})
+    config = SecAggConfig(round_id=0, client_ids=tuple(ids(3)), threshold=2, vector_length=2)
+    with pytest.raises(ConfigError, match="one vector per client"):
+        run_protocol(config, {})
+
+
+def test_drop_at_accepts_stage_numbers():
+    inputs = random_inputs(4, 3, 0)
+    result = run_secagg_round(inputs, clip=CLIP, threshold=2, drop_at={2: ["site-01"]})
+    assert "site-01" not in result.survivors
