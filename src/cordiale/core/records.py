@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterable, Iterator, Mapping, MutableMapping
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, TypeVar
 
 import numpy as np
 
@@ -51,6 +51,7 @@ _NAME = re.compile(r"^[A-Za-z0-9_.\-:]{1,200}$")
 
 Scalar: TypeAlias = bool | int | float | str
 ConfigValue: TypeAlias = Scalar | list[bool] | list[int] | list[float] | list[str]
+V = TypeVar("V")
 
 
 def check_name(name: object, kind: str) -> str:
@@ -78,21 +79,24 @@ def _as_wire_array(name: str, value: object) -> np.ndarray:
     return arr
 
 
-class ArrayRecord(MutableMapping[str, np.ndarray]):
-    """Ordered mapping of names to numpy arrays, validated on insert."""
+class _Record(MutableMapping[str, V]):
+    """Shared mapping behaviour; subclasses validate each value in :meth:`_check`."""
 
     __slots__ = ("_data",)
 
-    def __init__(self, items: Mapping[str, np.ndarray] | Iterable[tuple[str, np.ndarray]] = ()):
-        self._data: dict[str, np.ndarray] = {}
-        pairs = items.items() if isinstance(items, Mapping) else items
+    def __init__(self, items: Mapping[str, V] | Iterable[tuple[str, V]] | None = None) -> None:
+        self._data: dict[str, V] = {}
+        pairs = items.items() if isinstance(items, Mapping) else (items or ())
         for k, v in pairs:
             self[k] = v
 
-    def __setitem__(self, key: str, value: np.ndarray) -> None:
-        self._data[check_name(key, "ArrayRecord")] = _as_wire_array(key, value)
+    def _check(self, key: str, value: Any) -> V:
+        raise NotImplementedError
 
-    def __getitem__(self, key: str) -> np.ndarray:
+    def __setitem__(self, key: str, value: V) -> None:
+        self._data[check_name(key, type(self).__name__)] = self._check(key, value)
+
+    def __getitem__(self, key: str) -> V:
         return self._data[key]
 
     def __delitem__(self, key: str) -> None:
@@ -103,6 +107,21 @@ class ArrayRecord(MutableMapping[str, np.ndarray]):
 
     def __len__(self) -> int:
         return len(self._data)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self._data!r})"
+
+    def to_dict(self) -> dict[str, V]:
+        return dict(self._data)
+
+
+class ArrayRecord(_Record[np.ndarray]):
+    """Ordered mapping of names to numpy arrays, validated on insert."""
+
+    __slots__ = ()
+
+    def _check(self, key: str, value: Any) -> np.ndarray:
+        return _as_wire_array(key, value)
 
     def __repr__(self) -> str:
         shapes = ", ".join(f"{k}: {v.dtype}{list(v.shape)}" for k, v in self._data.items())
@@ -135,42 +154,18 @@ class ArrayRecord(MutableMapping[str, np.ndarray]):
         return True
 
 
-class MetricRecord(MutableMapping[str, float]):
+class MetricRecord(_Record[float]):
     """Name to finite number (int or float), validated on insert."""
 
-    __slots__ = ("_data",)
+    __slots__ = ()
 
-    def __init__(self, items: Mapping[str, float] | None = None) -> None:
-        self._data: dict[str, float] = {}
-        for k, v in (items or {}).items():
-            self[k] = v
-
-    def __setitem__(self, key: str, value: float) -> None:
-        check_name(key, "MetricRecord")
+    def _check(self, key: str, value: Any) -> float:
         if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
             raise ConfigError(f"metric {key!r} must be a number; got {type(value).__name__}")
         f = float(value)
         if not math.isfinite(f):
             raise ConfigError(f"metric {key!r} must be finite; got {f}")
-        self._data[key] = int(value) if isinstance(value, int | np.integer) else f
-
-    def __getitem__(self, key: str) -> float:
-        return self._data[key]
-
-    def __delitem__(self, key: str) -> None:
-        del self._data[key]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._data)
-
-    def __len__(self) -> int:
-        return len(self._data)
-
-    def __repr__(self) -> str:
-        return f"MetricRecord({self._data!r})"
-
-    def to_dict(self) -> dict[str, float]:
-        return dict(self._data)
+        return int(value) if isinstance(value, int | np.integer) else f
 
 
 def _check_config_value(key: str, value: Any) -> ConfigValue:
@@ -197,36 +192,13 @@ def _check_config_value(key: str, value: Any) -> ConfigValue:
     )
 
 
-class ConfigRecord(MutableMapping[str, ConfigValue]):
+class ConfigRecord(_Record[ConfigValue]):
     """Name to a JSON scalar or a flat list of scalars, validated on insert."""
 
-    __slots__ = ("_data",)
+    __slots__ = ()
 
-    def __init__(self, items: Mapping[str, Any] | None = None) -> None:
-        self._data: dict[str, ConfigValue] = {}
-        for k, v in (items or {}).items():
-            self[k] = v
-
-    def __setitem__(self, key: str, value: Any) -> None:
-        self._data[check_name(key, "ConfigRecord")] = _check_config_value(key, value)
-
-    def __getitem__(self, key: str) -> ConfigValue:
-        return self._data[key]
-
-    def __delitem__(self, key: str) -> None:
-        del self._data[key]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._data)
-
-    def __len__(self) -> int:
-        return len(self._data)
-
-    def __repr__(self) -> str:
-        return f"ConfigRecord({self._data!r})"
-
-    def to_dict(self) -> dict[str, ConfigValue]:
-        return dict(self._data)
+    def _check(self, key: str, value: Any) -> ConfigValue:
+        return _check_config_value(key, value)
 
     def get_float(self, key: str, default: float) -> float:
         v = self._data.get(key, default)
