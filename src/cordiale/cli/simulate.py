@@ -14,6 +14,7 @@ from rich.table import Table
 from cordiale.core.errors import ConfigError
 from cordiale.learn.federation import RoundRecord
 from cordiale.learn.models import ModelSpec
+from cordiale.learn.secure_aggregation import DEFAULT_CLIP, SecureAggregationConfig
 from cordiale.learn.trainer import TrainConfig
 from cordiale.report.curves import plot_learning_curve
 from cordiale.sim.runner import DataSource, SimulationSpec, simulate
@@ -137,12 +138,41 @@ def simulate_command(
     pooled: Annotated[
         bool, typer.Option(help="Also train the pooled (centralised) baseline.")
     ] = True,
+    secure_aggregation: Annotated[
+        bool,
+        typer.Option(help="Secure aggregation: the hub sees only the sum of the sites' updates."),
+    ] = False,
+    secagg_threshold: Annotated[
+        int | None,
+        typer.Option(help="Secure aggregation: survivors needed per neighbourhood [majority]."),
+    ] = None,
+    secagg_neighbours: Annotated[
+        int | None,
+        typer.Option(help="Secure aggregation: SecAgg+ neighbours per site [all other sites]."),
+    ] = None,
+    secagg_clip: Annotated[
+        float | None,
+        typer.Option(
+            help=f"Secure aggregation: clip each element of n*update to ±CLIP [{DEFAULT_CLIP:g}]."
+        ),
+    ] = None,
 ) -> None:
     """Run a federated study in one process on bundled data or your own table."""
     try:
         widths = tuple(int(w) for w in hidden.split(",") if w.strip())
     except ValueError:
         raise ConfigError(f"--hidden must be comma-separated integers; got {hidden!r}") from None
+    secagg = None
+    if secure_aggregation:
+        secagg = SecureAggregationConfig(
+            threshold=secagg_threshold,
+            degree=secagg_neighbours,
+            clip=DEFAULT_CLIP if secagg_clip is None else secagg_clip,
+        )
+    elif (secagg_threshold, secagg_neighbours, secagg_clip) != (None, None, None):
+        raise ConfigError(
+            "--secagg-threshold, --secagg-neighbours and --secagg-clip need --secure-aggregation"
+        )
     spec = SimulationSpec(
         source=DataSource(
             dataset=dataset,
@@ -170,6 +200,7 @@ def simulate_command(
         scaling=scaling,  # type: ignore[arg-type]
         local_layers=tuple(p.strip() for p in local_layers.split(",") if p.strip()),
         pooled=pooled,
+        secure_aggregation=secagg,
     )
     console = Console()
     with Progress(

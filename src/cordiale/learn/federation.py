@@ -9,7 +9,10 @@ Stages of a study:
 1. ``stats``: every node returns per-feature sufficient statistics of its training rows; with
    ``federated`` scaling their sum fits the standardiser every node then uses.
 2. ``train`` (each round): sampled nodes get the global weights and configuration, return an
-   update and an example count; the strategy moves the global model.
+   update and an example count; the strategy moves the global model. With secure aggregation
+   (``FederationConfig.secure_aggregation``) the round runs as stage ``secagg`` instead: nodes
+   send only masked updates and the hub learns only their weighted mean
+   (:mod:`cordiale.learn.secure_aggregation`).
 3. ``evaluate``: every node scores its test rows and returns a score histogram; metrics per site
    and pooled (the sum of the histograms) follow.
 """
@@ -29,6 +32,11 @@ from cordiale.core.records import ArrayRecord, ConfigRecord
 from cordiale.data.features import Standardizer, combine_stats
 from cordiale.learn.metrics import ScoreHistogram, compute_metrics
 from cordiale.learn.models import ModelSpec, build_model, get_weights
+from cordiale.learn.secure_aggregation import (
+    SecureAggregationConfig,
+    run_secure_round,
+    update_shapes,
+)
 from cordiale.learn.strategies import FitResult, Strategy
 from cordiale.learn.tasks import derive_seed
 from cordiale.learn.trainer import TrainConfig
@@ -50,6 +58,7 @@ class FederationConfig:
     local_layers: tuple[str, ...] = ()
     evaluate_every: int = 1
     round_timeout: float | None = None
+    secure_aggregation: SecureAggregationConfig | None = None
 
     def __post_init__(self) -> None:
         if self.rounds < 1:
@@ -196,13 +205,32 @@ class Federation:
             n: Content(arrays=self._arrays(self.weights), config=self._task_config(server_round, n))
             for n in nodes
         }
-        ok, failures = self._exchange("train", server_round, contents)
-        if len(ok) < self.strategy.min_fit_nodes:
+        if self.config.secure_aggregation is not None:
+            record = self._secure_fit(server_round, contents)
+        else:
+            record = self._plain_fit(server_round, contents)
+        every = self.config.evaluate_every
+        last = server_round == self.config.rounds
+        if last or (every and server_round % every == 0):
+            record.evaluation = self.evaluate(self.weights, server_round=server_round)
+        record.seconds = time.perf_counter() - t0
+        self.history.append(record)
+        return record
+
+    def _check_fit_nodes(
+        self, server_round: int, ok: int, asked: int, failures: dict[str, str]
+    ) -> None:
+        if ok < self.strategy.min_fit_nodes:
             detail = "; ".join(f"{n}: {why}" for n, why in sorted(failures.items()))
             raise ProtocolError(
-                f"round {server_round}: {len(ok)} of {len(nodes)} sites returned an update, "
+                f"round {server_round}: {ok} of {asked} sites returned an update, "
                 f"{self.strategy.min_fit_nodes} needed ({detail})"
             )
+
+    def _plain_fit(self, server_round: int, contents: dict[str, Content]) -> RoundRecord:
+        assert self.weights is not None
+        ok, failures = self._exchange("train", server_round, contents)
+        self._check_fit_nodes(server_round, len(ok), len(contents), failures)
         results = [
             FitResult(
                 n,
@@ -215,14 +243,24 @@ class Federation:
         self.weights = self.strategy.aggregate_fit(server_round, self.weights, results)
         total = sum(r.num_examples for r in results)
         loss = sum(r.metrics["train_loss"] * r.num_examples for r in results) / total
-        record = RoundRecord(server_round, sorted(ok), float(loss), 0.0, failures=failures)
-        every = self.config.evaluate_every
-        last = server_round == self.config.rounds
-        if last or (every and server_round % every == 0):
-            record.evaluation = self.evaluate(self.weights, server_round=server_round)
-        record.seconds = time.perf_counter() - t0
-        self.history.append(record)
-        return record
+        return RoundRecord(server_round, sorted(ok), float(loss), 0.0, failures=failures)
+
+    def _secure_fit(self, server_round: int, contents: dict[str, Content]) -> RoundRecord:
+        """The round through secure aggregation: the strategy sees only the mean update."""
+        assert self.weights is not None and self.config.secure_aggregation is not None
+        result = run_secure_round(
+            lambda c: self._exchange("secagg", server_round, c),
+            server_round,
+            contents,
+            update_shapes(self.weights, self.config.local_layers),
+            self.config.secure_aggregation,
+            max_weight=max((self.node_examples.get(n, 0) for n in contents), default=0),
+        )
+        self._check_fit_nodes(server_round, len(result.nodes), len(contents), result.failures)
+        self.weights = self.strategy.server_update(server_round, self.weights, result.mean_update)
+        return RoundRecord(
+            server_round, result.nodes, result.train_loss, 0.0, failures=result.failures
+        )
 
     def evaluate(
         self,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -19,9 +20,19 @@ from cordiale.data.features import Standardizer, feature_stats
 from cordiale.data.local import LocalDataset
 from cordiale.learn.metrics import ScoreHistogram
 from cordiale.learn.models import ModelSpec, TabularNet, build_model, get_weights, set_weights
-from cordiale.learn.trainer import TrainConfig, predict_proba, train_local
+from cordiale.learn.trainer import TrainConfig, TrainOutcome, predict_proba, train_local
 
-__all__ = ["NodeState", "derive_seed", "run_evaluate", "run_stats", "run_train"]
+if TYPE_CHECKING:
+    from cordiale.learn.secure_aggregation import SecAggSession
+
+__all__ = [
+    "NodeState",
+    "derive_seed",
+    "run_evaluate",
+    "run_stats",
+    "run_train",
+    "train_update",
+]
 
 
 def derive_seed(*parts: int | str) -> int:
@@ -32,9 +43,11 @@ def derive_seed(*parts: int | str) -> int:
 
 @dataclass
 class NodeState:
-    """What a node remembers between rounds of one study: its personalised (local) layers."""
+    """What a node remembers between rounds, by study: its personalised (local) layers and its
+    secure-aggregation client state (see :mod:`cordiale.learn.secure_aggregation`)."""
 
     local_layers: dict[str, ArrayRecord] = field(default_factory=dict)
+    secagg: dict[str, SecAggSession] = field(default_factory=dict)
 
 
 def _scaler(ds: LocalDataset, content: Content) -> Standardizer:
@@ -74,8 +87,15 @@ def run_stats(ds: LocalDataset, content: Content) -> Content:
     )
 
 
-def run_train(ds: LocalDataset, content: Content, state: NodeState, study: str) -> Content:
-    """Train locally from the global weights; reply with the update and the example count."""
+def train_update(
+    ds: LocalDataset, content: Content, state: NodeState, study: str
+) -> tuple[ArrayRecord, TrainOutcome]:
+    """Train locally from the global weights; return the update (float arrays other than the
+    local layers, ``local - global``) and the outcome, keeping the local layers in ``state``.
+
+    Shared by :func:`run_train` (which sends the update) and secure aggregation (which keeps it
+    at the node and sends it only masked).
+    """
     cfg: ConfigRecord = content.config
     model = _model(ds, content, state, study)
     start = get_weights(model)
@@ -94,6 +114,12 @@ def run_train(ds: LocalDataset, content: Content, state: NodeState, study: str) 
         for k in end
         if np.issubdtype(end[k].dtype, np.floating) and not (keep and k.startswith(keep))
     )
+    return update, outcome
+
+
+def run_train(ds: LocalDataset, content: Content, state: NodeState, study: str) -> Content:
+    """Train locally from the global weights; reply with the update and the example count."""
+    update, outcome = train_update(ds, content, state, study)
     return Content(
         arrays={"update": update},
         metrics=MetricRecord(

@@ -15,6 +15,7 @@ from cordiale.core.codec import DecodeLimits, decode_message, encode_message
 from cordiale.core.errors import CordialeError, ProtocolError, WireError
 from cordiale.core.messages import Content, Envelope, ErrorInfo, Message, ReplayGuard
 from cordiale.data.local import LocalDataset
+from cordiale.learn.secure_aggregation import run_secagg
 from cordiale.learn.tasks import NodeState, run_evaluate, run_stats, run_train
 
 __all__ = ["NodeRuntime"]
@@ -79,6 +80,14 @@ class NodeRuntime:
             ),
             "evaluate": lambda: run_evaluate(
                 self.dataset, message.content, self.state, message.envelope.study_id
+            ),
+            "secagg": lambda: run_secagg(
+                self.node_id,
+                self.dataset,
+                message.content,
+                self.state,
+                message.envelope.study_id,
+                message.envelope.round,
             ),
         }
         handler = handlers.get(message.envelope.stage)

@@ -36,6 +36,7 @@ from cordiale.learn.federation import (
     RoundRecord,
 )
 from cordiale.learn.models import ModelSpec
+from cordiale.learn.secure_aggregation import SecureAggregationConfig
 from cordiale.learn.strategies import make_strategy
 from cordiale.learn.tasks import derive_seed
 from cordiale.learn.trainer import TrainConfig
@@ -108,6 +109,7 @@ class SimulationSpec:
     local_layers: tuple[str, ...] = ()
     pooled: bool = True
     evaluate_every: int = 1
+    secure_aggregation: SecureAggregationConfig | None = None
 
 
 @dataclass
@@ -153,6 +155,9 @@ class SimulationResult:
                 "test_fraction": spec.test_fraction,
                 "scaling": spec.scaling,
                 "local_layers": list(spec.local_layers),
+                "secure_aggregation": (
+                    spec.secure_aggregation.to_json() if spec.secure_aggregation else None
+                ),
             },
             "federated": fed.pooled,
             "pooled": pooled.pooled if pooled else None,
@@ -287,6 +292,7 @@ def simulate(
         scaling=spec.scaling,
         local_layers=spec.local_layers,
         evaluate_every=spec.evaluate_every,
+        secure_aggregation=spec.secure_aggregation,
     )
     transport = InMemoryTransport({s: NodeRuntime(s, d).handle_bytes for s, d in sites.items()})
     with _torch_threads(1):
@@ -300,7 +306,14 @@ def simulate(
                 {POOLED_SITE: NodeRuntime(POOLED_SITE, _pooled_dataset(sites)).handle_bytes}
             )
             pooled_fed = Federation(
-                FederationConfig(**{**config.__dict__, "local_layers": (), "scaling": "federated"}),
+                FederationConfig(
+                    **{
+                        **config.__dict__,
+                        "local_layers": (),
+                        "scaling": "federated",
+                        "secure_aggregation": None,  # one site: nothing to hide it among
+                    }
+                ),
                 make_strategy("fedavg"),
                 pooled_transport,
             )
