@@ -14,7 +14,6 @@ The issue's goal: at most 1.5x plaintext at 100 sites (SecAgg+).
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 
 import numpy as np
@@ -24,23 +23,11 @@ from rich.table import Table
 
 from cordiale.crypto import run_secagg_round
 from cordiale.learn.secure_aggregation import SecureAggregationConfig
-from cordiale.sim.runner import DataSource, SimulationSpec, simulate
-from round_overhead import MODEL, TRAIN, pima_sites
+from round_overhead import cordiale_run, pima_sites
 
 
 def per_round(sites: dict, rounds: int, secagg: SecureAggregationConfig | None) -> float:
-    spec = SimulationSpec(
-        source=DataSource(dataset="pima"),
-        strategy="fedavg",
-        rounds=rounds,
-        model=MODEL,
-        train=TRAIN,
-        pooled=False,
-        evaluate_every=0,
-        secure_aggregation=secagg,
-    )
-    history = simulate(spec, sites=sites).federated.history
-    return statistics.median(r.seconds for r in history[:-1] or history)
+    return cordiale_run(sites, rounds, 0, secagg)[0]
 
 
 def big_vector(n_sites: int, length: int, seed: int = 0) -> tuple[float, float]:
@@ -64,6 +51,7 @@ def main() -> None:
     table = Table(title="Seconds per round, Pima MLP 8-32-1: plaintext vs secure aggregation")
     for col in ("sites", "mode", "plain s/round", "secure s/round", "ratio"):
         table.add_column(col, justify="right")
+    per_round(pima_sites(4, 0), 2, SecureAggregationConfig())  # warm up torch and the crypto
     for n in args.sites:
         sites = pima_sites(n, 0)
         plain = per_round(sites, args.rounds, None)

@@ -1,24 +1,11 @@
 """The command line as a user runs it: a real process, real files, exit codes and messages."""
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
+from cli_runner import cordiale
 
 from cordiale.data.catalog import get_dataset
-
-
-def cordiale(*args, cwd=None):
-    return subprocess.run(
-        [sys.executable, "-m", "cordiale", *args],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        timeout=300,
-        env={**os.environ, "COLUMNS": "200"},
-    )
 
 
 def test_simulate_writes_json_and_learning_curve(tmp_path):

@@ -1,24 +1,12 @@
 """``cordiale simulate --secure-aggregation`` as a user runs it (a real process)."""
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
+from cli_runner import cordiale
 
 from cordiale.cli.simulate import simulate_command
 from cordiale.core.errors import ConfigError
-
-
-def cordiale(*args):
-    return subprocess.run(
-        [sys.executable, "-m", "cordiale", *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "COLUMNS": "200"},
-    )
 
 
 def test_simulate_with_secure_aggregation_reports_its_settings(tmp_path):
