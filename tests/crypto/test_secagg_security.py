@@ -84,9 +84,10 @@ class Round:
 # -- what the server sees ------------------------------------------------------------------
 
 
-# Each uniformity check below runs on fresh key material, so a false alarm at level ALPHA happens on
-# a truly uniform stream with probability ALPHA per check. A missing or structured mask gives p-values below 1e-20 at
-# these sample sizes, so a tiny ALPHA costs no power and keeps the suite from failing by chance.
+# Each uniformity check below runs on fresh key material, so a false alarm at level ALPHA happens
+# on a truly uniform stream with probability ALPHA per check. A missing or structured mask gives
+# p-values below 1e-20 at these sample sizes, so a tiny ALPHA costs no power and keeps the suite
+# from failing by chance.
 ALPHA = 1e-7
 
 

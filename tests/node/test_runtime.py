@@ -24,12 +24,12 @@ def _weights(num_features=8):
     return get_weights(build_model(ModelSpec(), num_features, seed=0))
 
 
-def test_train_returns_an_update_not_data(node):
+def test_train_returns_an_update_not_data(node, pima_sites):
     reply = node.handle(_task(arrays={"weights": _weights()}))
     assert reply.content.error is None
     assert set(reply.content.arrays) == {"update"}
     assert reply.content.arrays["update"].shapes() == _weights().shapes()
-    assert reply.content.metrics["num_examples"] == node.dataset.num_train
+    assert reply.content.metrics["num_examples"] == pima_sites["site-0"].num_train
 
 
 def test_replayed_task_is_refused(node):

@@ -8,7 +8,7 @@ import typer
 from rich.console import Console
 
 from cordiale import __version__
-from cordiale.cli import datasets, simulate
+from cordiale.cli import consortium, datasets, demo, services, simulate, study
 from cordiale.core.errors import CordialeError
 
 __all__ = ["app", "main"]
@@ -22,6 +22,13 @@ app = typer.Typer(
 )
 app.command("simulate")(simulate.simulate_command)
 app.command("datasets")(datasets.datasets_command)
+app.command("demo")(demo.demo_command)
+app.add_typer(consortium.ca_app, name="ca")
+app.add_typer(consortium.site_app, name="site")
+app.add_typer(consortium.researcher_app, name="researcher")
+app.add_typer(services.hub_app, name="hub")
+app.add_typer(services.node_app, name="node")
+app.add_typer(study.study_app, name="study")
 
 
 @app.command("version")

@@ -14,7 +14,8 @@ detail (no paths, no values).
     ├── DataError                   a dataset cannot be used
     │   └── ContractViolation       the data fails its data contract: lists every problem
     ├── WireError                   a message that cannot be decoded safely (truncated, oversized,
-    │                               wrong dtype or shape, pickled, malformed header)
+    │   │                           wrong dtype or shape, pickled, malformed header)
+    │   └── PayloadTooLarge         an upload above the size limit, refused before it is read
     ├── ProtocolError               a valid message in the wrong place (bad stage, replay, wrong
     │                               sender or round)
     ├── CryptoError                 a cryptographic check failed (bad tag, bad share, bad key)
@@ -23,7 +24,11 @@ detail (no paths, no values).
     ├── PrivacyError                a privacy rule blocks the operation
     │   └── BudgetExceeded          the task would spend more privacy budget than is left
     ├── PolicyRefusal               a site policy or approval refuses a task (names the rule)
-    └── TransportError              a node or the hub cannot be reached, or a reply timed out
+    ├── TransportError              a node or the hub cannot be reached, or a reply timed out
+    ├── AccessError                 the caller is not who it must be
+    │   ├── AuthenticationError     no credential, or one the consortium did not issue (HTTP 401)
+    │   └── PermissionDenied        a valid caller reaching for what is not theirs (HTTP 403)
+    └── NotFoundError               no such study, task or site (HTTP 404)
 """
 
 from __future__ import annotations
@@ -31,12 +36,17 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 __all__ = [
+    "AccessError",
+    "AuthenticationError",
     "BudgetExceeded",
     "ConfigError",
     "ContractViolation",
     "CordialeError",
     "CryptoError",
     "DataError",
+    "NotFoundError",
+    "PayloadTooLarge",
+    "PermissionDenied",
     "PolicyRefusal",
     "PrivacyError",
     "ProtocolError",
@@ -146,3 +156,26 @@ class PolicyRefusal(CordialeError):
 
 class TransportError(CordialeError):
     public_description = "transport failure"
+
+
+class PayloadTooLarge(WireError):
+    public_description = "upload too large"
+    shareable = True
+
+
+class AccessError(CordialeError):
+    public_description = "access refused"
+    shareable = True
+
+
+class AuthenticationError(AccessError):
+    public_description = "authentication required"
+
+
+class PermissionDenied(AccessError):
+    public_description = "permission denied"
+
+
+class NotFoundError(CordialeError):
+    public_description = "not found"
+    shareable = True

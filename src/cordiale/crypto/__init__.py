@@ -10,7 +10,8 @@ from the ``cryptography`` package. Modules:
 * :mod:`~cordiale.crypto.fixedpoint` float vectors to the ring Z_{2^32} or Z_{2^64} and back;
 * :mod:`~cordiale.crypto.graph` the SecAgg+ neighbour graph;
 * :mod:`~cordiale.crypto.messages` the round configuration and the wire messages;
-* :mod:`~cordiale.crypto.secagg` client and server state machines and in-process drivers.
+* :mod:`~cordiale.crypto.secagg` client and server state machines and in-process drivers;
+* :mod:`~cordiale.crypto.pki` consortium CA, node certificates, kits, tokens, TLS (does file I/O).
 
 Depends only on :mod:`cordiale.core`, numpy and cryptography.
 """
@@ -30,6 +31,19 @@ from .messages import (
     UnmaskRequest,
     UnmaskResponse,
 )
+from .pki import (
+    CertificateAuthority,
+    EnrolmentKit,
+    Identity,
+    IssuedCertificate,
+    client_ssl_context,
+    hash_token,
+    identity_of,
+    new_token,
+    server_ssl_context,
+    token_matches,
+    verify_issued_by,
+)
 from .prg import expand_mask
 from .primitives import KeyPair, agree, decrypt, derive_key, encrypt, generate_keypair
 from .secagg import (
@@ -45,7 +59,11 @@ from .shamir import Share, combine_shares, split_secret
 __all__ = [
     "AdvertiseKeysRequest",
     "AggregateResult",
+    "CertificateAuthority",
+    "EnrolmentKit",
     "FixedPointCodec",
+    "Identity",
+    "IssuedCertificate",
     "KeyAdvertisement",
     "KeyPair",
     "MaskedInputRequest",
@@ -62,6 +80,7 @@ __all__ = [
     "UnmaskResponse",
     "agree",
     "choose_bits",
+    "client_ssl_context",
     "combine_shares",
     "decode_weighted",
     "decrypt",
@@ -71,8 +90,14 @@ __all__ = [
     "encrypt",
     "expand_mask",
     "generate_keypair",
+    "hash_token",
+    "identity_of",
     "neighbour_graph",
+    "new_token",
     "run_protocol",
     "run_secagg_round",
+    "server_ssl_context",
     "split_secret",
+    "token_matches",
+    "verify_issued_by",
 ]

@@ -12,11 +12,11 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
-from cordiale.core.errors import ConfigError
+from cordiale.core.errors import ConfigError, ContractViolation
 from cordiale.data.contract import DataContract
 from cordiale.data.features import FeatureEncoder
 
-__all__ = ["LocalDataset", "split_frame"]
+__all__ = ["LocalDataset", "build_site_dataset", "split_frame"]
 
 
 def split_frame(
@@ -66,3 +66,33 @@ class LocalDataset:
     @property
     def num_test(self) -> int:
         return len(self.y_test)
+
+
+def build_site_dataset(
+    frame: pd.DataFrame,
+    contract: DataContract,
+    *,
+    site: str,
+    test_fraction: float,
+    seed: int,
+) -> LocalDataset:
+    """What a site holds for a study: its rows validated, split (seeded) and encoded.
+
+    The node runs this on the rows of its own file; simulation runs it on each virtual site's
+    share, so that the same seed and rows give the same training and test sets in both.
+    Raises :class:`~cordiale.core.errors.ContractViolation` listing every problem.
+    """
+    valid = contract.validate_frame(frame, dataset=site)
+    y = valid[contract.target.name].to_numpy()
+    problems = [
+        f"{int((y == value).sum())} {label} row(s), the contract needs at least "
+        f"{contract.min_per_class}"
+        for value, label in ((1, "positive"), (0, "negative"))
+        if int((y == value).sum()) < contract.min_per_class
+    ]
+    if problems:
+        raise ContractViolation(site, problems)
+    train, test = split_frame(
+        valid, target=contract.target.name, test_fraction=test_fraction, seed=seed
+    )
+    return LocalDataset.from_frames(site, contract, train, test)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -59,6 +59,8 @@ class FederationConfig:
     evaluate_every: int = 1
     round_timeout: float | None = None
     secure_aggregation: SecureAggregationConfig | None = None
+    # Sent with every task: what a networked node needs to find its data (dataset, contract).
+    task_context: dict[str, str | float | int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.rounds < 1:
@@ -98,6 +100,21 @@ class RoundRecord:
     seconds: float
     evaluation: EvaluationReport | None = None
     failures: dict[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """One round as results JSON: loss, pooled metrics, AUC per site, failures."""
+        out: dict[str, Any] = {
+            "round": self.round,
+            "nodes": len(self.nodes),
+            "train_loss": self.train_loss,
+            "seconds": self.seconds,
+        }
+        if self.evaluation is not None:
+            out.update(self.evaluation.pooled)
+            out["per_site_auc"] = {s: m["auc"] for s, m in self.evaluation.per_site.items()}
+        if self.failures:
+            out["failures"] = self.failures
+        return out
 
 
 @dataclass
@@ -160,6 +177,8 @@ class Federation:
             cfg[k] = v
         cfg["local_layers"] = list(self.config.local_layers)
         cfg["seed"] = derive_seed(self.config.seed, server_round, node)
+        for k, v in self.config.task_context.items():
+            cfg[k] = v
         return cfg
 
     def _arrays(
@@ -177,7 +196,8 @@ class Federation:
         nodes = self.transport.node_ids()
         if not nodes:
             raise ProtocolError("no nodes are connected")
-        ok, failures = self._exchange("stats", 0, {n: Content() for n in nodes})
+        context = ConfigRecord(dict(self.config.task_context))
+        ok, failures = self._exchange("stats", 0, {n: Content(config=context) for n in nodes})
         if failures:
             detail = "\n".join(f"  - {n}: {why}" for n, why in sorted(failures.items()))
             raise ProtocolError(
@@ -284,6 +304,23 @@ class Federation:
             n: ScoreHistogram.from_record(m.content.arrays["histogram"]) for n, m in ok.items()
         }
         return EvaluationReport.from_histograms(hists)
+
+    # -- checkpoints -----------------------------------------------------------------------
+    def checkpoint(self) -> dict[str, ArrayRecord]:
+        """The state a hub commits after a round: global weights, scaler, strategy state."""
+        if self.weights is None:
+            raise ProtocolError("nothing to checkpoint before setup()")
+        out = {"weights": self.weights, "strategy": self.strategy.state()}
+        if self.scaler is not None:
+            out["scaler"] = self.scaler.to_record()
+        return out
+
+    def restore(self, arrays: dict[str, ArrayRecord], node_examples: dict[str, int]) -> None:
+        """Continue from :meth:`checkpoint` output instead of running :meth:`setup`."""
+        self.weights = arrays["weights"]
+        self.strategy.load_state(arrays.get("strategy", ArrayRecord()))
+        self.scaler = Standardizer.from_record(arrays["scaler"]) if "scaler" in arrays else None
+        self.node_examples = dict(node_examples)
 
     def run(self, on_round: Callable[[RoundRecord], None] | None = None) -> FederationResult:
         self.setup()

@@ -14,23 +14,37 @@ from collections.abc import Callable
 from cordiale.core.codec import DecodeLimits, decode_message, encode_message
 from cordiale.core.errors import CordialeError, ProtocolError, WireError
 from cordiale.core.messages import Content, Envelope, ErrorInfo, Message, ReplayGuard
+from cordiale.core.records import ConfigRecord
 from cordiale.data.local import LocalDataset
 from cordiale.learn.secure_aggregation import run_secagg
 from cordiale.learn.tasks import NodeState, run_evaluate, run_stats, run_train
 
-__all__ = ["NodeRuntime"]
+__all__ = ["DatasetResolver", "NodeRuntime"]
+
+#: Finds the local dataset a study's task runs on: ``(study_id, task config) -> dataset``.
+DatasetResolver = Callable[[str, ConfigRecord], LocalDataset]
 
 log = logging.getLogger(__name__)
 
 
 class NodeRuntime:
-    """Serves task messages for one site from its local dataset."""
+    """Serves task messages for one site from its local dataset.
+
+    ``dataset`` is one dataset (simulation) or a resolver that finds, per study, the dataset the
+    task names and checks it against the study's contract (the networked node).
+    """
 
     def __init__(
-        self, node_id: str, dataset: LocalDataset, *, limits: DecodeLimits | None = None
+        self,
+        node_id: str,
+        dataset: LocalDataset | DatasetResolver,
+        *,
+        limits: DecodeLimits | None = None,
     ) -> None:
         self.node_id = node_id
-        self.dataset = dataset
+        self._resolve: DatasetResolver = (
+            (lambda _study, _config: dataset) if isinstance(dataset, LocalDataset) else dataset
+        )
         self.state = NodeState()
         self._guard = ReplayGuard()
         self._limits = limits or DecodeLimits()
@@ -73,24 +87,25 @@ class NodeRuntime:
         return encode_message(self.handle(message))
 
     def _dispatch(self, message: Message) -> Content:
+        stage = message.envelope.stage
+        if stage not in ("stats", "train", "evaluate", "secagg"):
+            raise ProtocolError(f"this node does not run stage {stage!r}")
+        dataset = self._resolve(message.envelope.study_id, message.content.config)
         handlers: dict[str, Callable[[], Content]] = {
-            "stats": lambda: run_stats(self.dataset, message.content),
+            "stats": lambda: run_stats(dataset, message.content),
             "train": lambda: run_train(
-                self.dataset, message.content, self.state, message.envelope.study_id
+                dataset, message.content, self.state, message.envelope.study_id
             ),
             "evaluate": lambda: run_evaluate(
-                self.dataset, message.content, self.state, message.envelope.study_id
+                dataset, message.content, self.state, message.envelope.study_id
             ),
             "secagg": lambda: run_secagg(
                 self.node_id,
-                self.dataset,
+                dataset,
                 message.content,
                 self.state,
                 message.envelope.study_id,
                 message.envelope.round,
             ),
         }
-        handler = handlers.get(message.envelope.stage)
-        if handler is None:
-            raise ProtocolError(f"this node does not run stage {message.envelope.stage!r}")
-        return handler()
+        return handlers[stage]()

@@ -23,6 +23,7 @@ import torch
 
 from cordiale import __version__
 from cordiale.core.errors import ConfigError, ContractViolation
+from cordiale.core.jsonsafe import finite
 from cordiale.data.catalog import get_dataset
 from cordiale.data.contract import DataContract, infer_contract
 from cordiale.data.local import LocalDataset, split_frame
@@ -38,12 +39,20 @@ from cordiale.learn.federation import (
 from cordiale.learn.models import ModelSpec
 from cordiale.learn.secure_aggregation import SecureAggregationConfig
 from cordiale.learn.strategies import make_strategy
+from cordiale.learn.study import StudySpec
 from cordiale.learn.tasks import derive_seed
 from cordiale.learn.trainer import TrainConfig
 from cordiale.node.runtime import NodeRuntime
 from cordiale.transport.inmemory import InMemoryTransport
 
-__all__ = ["DataSource", "SimulationResult", "SimulationSpec", "prepare_sites", "simulate"]
+__all__ = [
+    "DataSource",
+    "SimulationResult",
+    "SimulationSpec",
+    "prepare_sites",
+    "simulate",
+    "simulation_of",
+]
 
 POOLED_SITE = "pooled"
 
@@ -163,37 +172,11 @@ class SimulationResult:
             "pooled": pooled.pooled if pooled else None,
             "auc_ratio_federated_to_pooled": ratio,
             "per_site": per_site,
-            "rounds": [_round_json(r) for r in self.federated.history],
-            "pooled_rounds": [_round_json(r) for r in self.pooled.history] if self.pooled else [],
+            "rounds": [r.to_json() for r in self.federated.history],
+            "pooled_rounds": [r.to_json() for r in self.pooled.history] if self.pooled else [],
             "timing": {"wall_seconds": self.wall_seconds, "bytes_on_wire": self.bytes_on_wire},
         }
-        return _finite(out)
-
-
-def _round_json(r: RoundRecord) -> dict[str, Any]:
-    out: dict[str, Any] = {
-        "round": r.round,
-        "nodes": len(r.nodes),
-        "train_loss": r.train_loss,
-        "seconds": r.seconds,
-    }
-    if r.evaluation is not None:
-        out.update(r.evaluation.pooled)
-        out["per_site_auc"] = {s: m["auc"] for s, m in r.evaluation.per_site.items()}
-    if r.failures:
-        out["failures"] = r.failures
-    return out
-
-
-def _finite(obj: Any) -> Any:
-    """NaN and infinities become null, so the JSON is strict."""
-    if isinstance(obj, float):
-        return obj if np.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_finite(v) for v in obj]
-    return obj
+        return finite(out)
 
 
 def prepare_sites(spec: SimulationSpec) -> tuple[str, dict[str, LocalDataset]]:
@@ -332,4 +315,29 @@ def simulate(
         pooled_on_sites=pooled_on_sites,
         wall_seconds=time.perf_counter() - t0,
         bytes_on_wire=transport.bytes_sent + transport.bytes_received,
+    )
+
+
+def simulation_of(study: StudySpec) -> SimulationSpec:
+    """The one-process simulation of a networked study: same model, strategy, seed and split.
+
+    Run it with ``simulate(simulation_of(study), sites=...)`` on the sites' own rows (each built
+    by :func:`~cordiale.data.local.build_site_dataset`, as the nodes do) to get the result the
+    network must reproduce, and the pooled baseline beside it.
+    """
+    config = study.federation_config("simulation")
+    return SimulationSpec(
+        source=DataSource(dataset=study.data.dataset),
+        sites=len(study.study.sites),
+        strategy=study.strategy.name,
+        strategy_params={**study.strategy.params(), "min_fit_nodes": study.study.min_sites},
+        rounds=config.rounds,
+        model=config.model,
+        train=config.train,
+        seed=config.seed,
+        test_fraction=study.data.test_fraction,
+        scaling=config.scaling,
+        local_layers=config.local_layers,
+        evaluate_every=config.evaluate_every,
+        secure_aggregation=config.secure_aggregation,
     )

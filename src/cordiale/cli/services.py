@@ -1,0 +1,97 @@
+"""``cordiale hub start`` and ``cordiale node start``: the two long-running services."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import signal
+import threading
+from pathlib import Path
+from types import FrameType
+from typing import Annotated
+
+import torch
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+
+from cordiale.cli.consortium import DEFAULT_HOME, Db, Home, hub_settings
+from cordiale.crypto.pki import EnrolmentKit
+from cordiale.hub.server import HubServer, bind
+from cordiale.hub.service import Hub
+from cordiale.node.agent import NodeAgent
+from cordiale.node.config import NodeConfig
+
+__all__ = ["URL_FILE", "hub_app", "node_app"]
+
+URL_FILE = "hub.url"  # written by `hub start` once it listens (useful with --port 0)
+
+hub_app = typer.Typer(help="Run the hub.", no_args_is_help=True)
+node_app = typer.Typer(help="Run a site's node.", no_args_is_help=True)
+
+
+def _logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(message)s",
+        handlers=[RichHandler(console=Console(stderr=True), show_path=False)],
+    )
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
+@hub_app.command("start")
+def hub_start(
+    home: Home = DEFAULT_HOME,
+    db: Db = None,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port (0: any free port, see HOME/hub.url).")] = 8443,
+    start_timeout: Annotated[
+        float, typer.Option(help="Seconds a study waits for its sites to connect.")
+    ] = 60.0,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Serve the hub over HTTPS with mutual TLS until interrupted; resumes unfinished studies."""
+    _logging(verbose)
+    settings = dataclasses.replace(hub_settings(home, db), start_timeout=start_timeout)
+    server = HubServer(Hub(settings), bind(host, port))
+    (home / URL_FILE).write_text(server.url)
+    Console(stderr=True).print(f"hub listening on {server.url} (database {settings.database_url})")
+    server.run()
+
+
+@node_app.command("start")
+def node_start(
+    kit: Annotated[Path, typer.Option(help="The site's enrolment kit.")],
+    config: Annotated[Path, typer.Option(help="node.toml: the site's datasets.")],
+    hub_url: Annotated[str | None, typer.Option(help="Override the kit's hub URL.")] = None,
+    poll_wait: Annotated[float, typer.Option(help="Long-poll seconds.")] = 20.0,
+    threads: Annotated[int, typer.Option(help="Torch threads for local training.")] = 1,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Dial out to the hub and serve tasks on local data until interrupted."""
+    _logging(verbose)
+    torch.set_num_threads(threads)
+    enrolment = EnrolmentKit.read(kit)
+    console = Console(stderr=True)
+    agent = NodeAgent(
+        enrolment,
+        NodeConfig.load(config),
+        hub_url=hub_url,
+        poll_wait=poll_wait,
+        on_event=lambda line: console.print(line, highlight=False),
+    )
+    console.print(
+        f"node [bold]{enrolment.site_id}[/] ({enrolment.country}) registering: "
+        + json.dumps({k: v["rows"] for k, v in agent.data.summary().items()})
+    )
+
+    def _stop(_sig: int, _frame: FrameType | None) -> None:
+        agent.stop()
+        raise SystemExit(0)  # leave a long poll at once; the node holds no state to save
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _stop)
+        signal.signal(signal.SIGINT, _stop)
+    agent.run()

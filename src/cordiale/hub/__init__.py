@@ -1,0 +1,1 @@
+"""The hub: coordinator service, persistence, round scheduler (never imports ``node``)."""

@@ -1,0 +1,228 @@
+"""The study spec: what a researcher asks the consortium to run, as a TOML file.
+
+One file names the purpose, the sites, the dataset each site registered and the data contract the
+rows must meet, the model, the strategy and its hyperparameters, the rounds, the minimum number of
+sites per round, the round timeout and the evaluation. :meth:`StudySpec.load` validates it offline
+(``cordiale study validate``) and reports every problem with its TOML path in one message; the hub
+validates the same way on submission. :meth:`StudySpec.federation_config` and
+:meth:`StudySpec.strategy` turn it into the objects the round loop runs.
+
+Example::
+
+    [study]
+    name = "Type 2 diabetes risk"
+    purpose = "Predict diabetes onset from routine antenatal measurements"
+    sites = ["oxford", "paris-cite", "pasteur"]
+    min_sites = 2
+    rounds = 10
+    round_timeout = 60
+    seed = 0
+
+    [data]
+    dataset = "pima"                 # the name the sites registered in node.toml
+    contract = "pima.contract.toml"  # relative to this file, or an inline [data.contract] table
+
+    [model]
+    kind = "logreg"
+
+    [strategy]
+    name = "fedavg"
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from cordiale.core.errors import ConfigError
+from cordiale.data.contract import DataContract
+from cordiale.learn.federation import FederationConfig
+from cordiale.learn.models import ModelSpec
+from cordiale.learn.secure_aggregation import SecureAggregationConfig
+from cordiale.learn.strategies import Strategy, make_strategy
+from cordiale.learn.trainer import TrainConfig
+
+__all__ = ["StudySpec", "task_context"]
+
+_SITE_ID = r"^[a-z0-9][a-z0-9-]{0,62}$"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class StudySection(_Section):
+    name: str = Field(min_length=1, max_length=200)
+    purpose: str = Field(min_length=1, max_length=2000)
+    sites: list[str] = Field(min_length=1)
+    min_sites: int = Field(default=1, ge=1)
+    rounds: int = Field(ge=1, le=10_000)
+    round_timeout: float = Field(default=120.0, gt=0)
+    seed: int = 0
+
+    @field_validator("sites")
+    @classmethod
+    def _sites(cls, v: list[str]) -> list[str]:
+        import re
+
+        bad = [s for s in v if not re.match(_SITE_ID, s)]
+        if bad:
+            raise ValueError(f"site ids must be lowercase DNS labels; got {bad}")
+        if len(set(v)) != len(v):
+            raise ValueError("sites are listed more than once")
+        return sorted(v)
+
+
+class DataSection(_Section):
+    dataset: str = Field(min_length=1, max_length=100)
+    contract: DataContract
+    test_fraction: float = Field(default=0.2, gt=0, lt=1)
+    scaling: Literal["federated", "site"] = "federated"
+
+
+class ModelSection(_Section):
+    kind: Literal["logreg", "mlp"] = "logreg"
+    hidden: list[int] = Field(default_factory=lambda: [32])
+    batchnorm: bool = False
+    local_layers: list[str] = Field(default_factory=list)
+
+
+class TrainSection(_Section):
+    epochs: int = Field(default=1, ge=1)
+    batch_size: int = Field(default=32, ge=1)
+    lr: float = Field(default=0.05, gt=0)
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    momentum: float = Field(default=0.0, ge=0, lt=1)
+    weight_decay: float = Field(default=0.0, ge=0)
+    proximal_mu: float = Field(default=0.0, ge=0)
+
+
+class StrategySection(BaseModel):
+    model_config = ConfigDict(extra="allow", frozen=True)  # the strategy's own parameters
+    name: str = "fedavg"
+
+    def params(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class EvaluationSection(_Section):
+    every: int = Field(default=1, ge=0)
+
+
+class PrivacySection(_Section):
+    secure_aggregation: bool = False
+    secagg_neighbours: int | None = None
+    secagg_threshold: int | None = None
+
+
+class StudySpec(_Section):
+    study: StudySection
+    data: DataSection
+    model: ModelSection = Field(default_factory=ModelSection)
+    train: TrainSection = Field(default_factory=TrainSection)
+    strategy: StrategySection = Field(default_factory=StrategySection)
+    evaluation: EvaluationSection = Field(default_factory=EvaluationSection)
+    privacy: PrivacySection = Field(default_factory=PrivacySection)
+
+    # -- loading ---------------------------------------------------------------------------
+    @classmethod
+    def load(cls, path: str | Path) -> StudySpec:
+        """Read and validate a study TOML file (a contract path is resolved beside it)."""
+        path = Path(path)
+        try:
+            raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"study spec {path} does not exist") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"study spec {path} is not valid TOML: {e}") from None
+        contract = raw.get("data", {}).get("contract")
+        if isinstance(contract, str):
+            cpath = (path.parent / contract).resolve()
+            try:
+                table = tomllib.loads(cpath.read_text(encoding="utf-8"))
+                raw["data"]["contract"] = table.get("contract", table)
+            except FileNotFoundError:
+                raise ConfigError(f"{path}: data.contract file {cpath} does not exist") from None
+            except tomllib.TOMLDecodeError as e:
+                raise ConfigError(f"{path}: data.contract {cpath} is not valid TOML: {e}") from None
+        return cls.parse(raw, source=str(path))
+
+    @classmethod
+    def parse(cls, raw: object, *, source: str = "study spec") -> StudySpec:
+        """Validate a mapping (TOML or JSON); every problem is listed with its path."""
+        try:
+            spec = cls.model_validate(raw)
+        except ValidationError as e:
+            problems = [
+                f"  - {'.'.join(str(p) for p in err['loc']) or '(top)'}: {err['msg']}"
+                for err in e.errors()
+            ]
+            raise ConfigError(
+                f"{source} has {len(problems)} problem(s):\n" + "\n".join(problems)
+            ) from None
+        spec._check_semantics(source)
+        return spec
+
+    def _check_semantics(self, source: str) -> None:
+        problems = []
+        if self.study.min_sites > len(self.study.sites):
+            problems.append(
+                f"study.min_sites is {self.study.min_sites} but only "
+                f"{len(self.study.sites)} site(s) are listed"
+            )
+        try:
+            self.strategy_object()
+            self.federation_config("validation")
+        except ConfigError as e:
+            problems.append(str(e))
+        if problems:
+            raise ConfigError(
+                f"{source} has {len(problems)} problem(s):\n"
+                + "\n".join(f"  - {p}" for p in problems)
+            )
+
+    # -- what the round loop runs ----------------------------------------------------------
+    def strategy_object(self) -> Strategy:
+        return make_strategy(
+            self.strategy.name, min_fit_nodes=self.study.min_sites, **self.strategy.params()
+        )
+
+    def federation_config(self, study_id: str) -> FederationConfig:
+        m, t, p = self.model, self.train, self.privacy
+        secagg = None
+        if p.secure_aggregation:
+            secagg = SecureAggregationConfig(
+                threshold=p.secagg_threshold, degree=p.secagg_neighbours
+            )
+        return FederationConfig(
+            study_id=study_id,
+            rounds=self.study.rounds,
+            seed=self.study.seed,
+            model=ModelSpec(kind=m.kind, hidden=tuple(m.hidden), batchnorm=m.batchnorm),
+            train=TrainConfig(**t.model_dump()),
+            scaling=self.data.scaling,
+            local_layers=tuple(m.local_layers),
+            evaluate_every=self.evaluation.every,
+            round_timeout=self.study.round_timeout,
+            secure_aggregation=secagg,
+            task_context=task_context(self),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+def task_context(spec: StudySpec) -> dict[str, str | float | int]:
+    """What every task of the study tells a node about its data: which dataset, which contract.
+
+    A node restarted mid-study can serve any task from this alone.
+    """
+    return {
+        "data.dataset": spec.data.dataset,
+        "data.contract": spec.data.contract.model_dump_json(),
+        "data.test_fraction": spec.data.test_fraction,
+        "study.seed": spec.study.seed,
+    }

@@ -1,0 +1,146 @@
+"""``node.toml``: the datasets a site registers, and how a study's task finds its rows.
+
+Example::
+
+    [[datasets]]
+    name = "pima"                       # the name studies ask for
+    path = "data/oxford-pima.csv"       # relative to node.toml; CSV or Parquet
+    contract = "pima.contract.toml"     # optional: checked when the node starts
+    description = "Antenatal clinic, 2019-2023"
+
+Only metadata leaves the site when the node registers (name, format, row count, column names,
+contract name): never a value. When a task arrives, :class:`SiteData` reads the named dataset,
+checks it against the contract the study carries and splits it with the study's seed, exactly as
+simulation does (:func:`~cordiale.data.local.build_site_dataset`).
+"""
+
+from __future__ import annotations
+
+import threading
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from cordiale.core.errors import ConfigError
+from cordiale.core.records import ConfigRecord
+from cordiale.data.contract import DataContract
+from cordiale.data.local import LocalDataset, build_site_dataset
+from cordiale.data.tabular import read_table
+from cordiale.learn.tasks import derive_seed
+
+__all__ = ["DatasetEntry", "NodeConfig", "SiteData"]
+
+
+class DatasetEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.\-]{1,100}$")
+    path: Path
+    contract: Path | None = None
+    description: str = ""
+
+
+class NodeConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    datasets: list[DatasetEntry] = Field(default_factory=list)
+
+    @classmethod
+    def load(cls, path: str | Path) -> NodeConfig:
+        """Read ``node.toml``; paths are resolved beside it and must exist."""
+        path = Path(path)
+        try:
+            raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"node config {path} does not exist") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"node config {path} is not valid TOML: {e}") from None
+        try:
+            config = cls.model_validate(raw)
+        except ValidationError as e:
+            problems = "\n".join(
+                f"  - {'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors()
+            )
+            raise ConfigError(f"node config {path} has problems:\n{problems}") from None
+        base = path.parent
+        entries = [
+            e.model_copy(
+                update={
+                    "path": (base / e.path).resolve(),
+                    "contract": None if e.contract is None else (base / e.contract).resolve(),
+                }
+            )
+            for e in config.datasets
+        ]
+        missing = [f"{e.name}: {e.path}" for e in entries if not e.path.is_file()]
+        missing += [
+            f"{e.name}: {e.contract}" for e in entries if e.contract and not e.contract.is_file()
+        ]
+        names = [e.name for e in entries]
+        if missing:
+            raise ConfigError(f"node config {path} names files that do not exist: {missing}")
+        if len(set(names)) != len(names):
+            raise ConfigError(f"node config {path} registers a dataset name twice: {names}")
+        return cls(datasets=entries)
+
+
+class SiteData:
+    """The site's registered datasets, loaded on demand and cached per study."""
+
+    def __init__(self, node_id: str, config: NodeConfig) -> None:
+        self.node_id = node_id
+        self._entries = {e.name: e for e in config.datasets}
+        self._cache: dict[str, LocalDataset] = {}
+        self._lock = threading.Lock()
+
+    def check_local_contracts(self) -> None:
+        """Validate each dataset against its registered contract (raises ContractViolation)."""
+        for e in self._entries.values():
+            if e.contract is not None:
+                DataContract.from_toml(e.contract).validate_frame(
+                    read_table(e.path), dataset=e.name
+                )
+
+    def summary(self) -> dict[str, dict[str, Any]]:
+        """What the hub may know of each dataset: metadata and row counts, never values."""
+        out = {}
+        for e in self._entries.values():
+            frame: pd.DataFrame = read_table(e.path)
+            out[e.name] = {
+                "rows": len(frame),
+                "columns": [str(c) for c in frame.columns],
+                "format": e.path.suffix.lstrip(".").lower(),
+                "contract": None if e.contract is None else DataContract.from_toml(e.contract).name,
+                "description": e.description,
+            }
+        return out
+
+    def resolve(self, study_id: str, config: ConfigRecord) -> LocalDataset:
+        """The dataset a study's task runs on, checked against the contract the study carries."""
+        with self._lock:
+            cached = self._cache.get(study_id)
+            if cached is not None:
+                return cached
+            name = config.get_str("data.dataset", "")
+            entry = self._entries.get(name)
+            if entry is None:
+                raise ConfigError(
+                    f"this site has no dataset named {name!r}; it registered: "
+                    f"{', '.join(sorted(self._entries)) or 'none'}"
+                )
+            try:
+                contract = DataContract.model_validate_json(config.get_str("data.contract", "{}"))
+            except ValidationError as e:
+                raise ConfigError(f"the study's data contract is invalid: {e}") from None
+            dataset = build_site_dataset(
+                read_table(entry.path),
+                contract,
+                site=self.node_id,
+                test_fraction=config.get_float("data.test_fraction", 0.2),
+                seed=derive_seed(config.get_int("study.seed", 0), "split", self.node_id),
+            )
+            self._cache[study_id] = dataset
+            return dataset
