@@ -2,11 +2,11 @@
 
 It generates a throwaway consortium (CA; sites ``oxford`` GB, ``paris-cite`` FR, ``pasteur`` FR;
 researcher ``alice``), starts the hub and the three nodes as separate processes on 127.0.0.1 with
-mutual TLS and SQLite, gives each site its own file of the bundled Pima data (each node reads only
-its own), submits a study, follows it live, fetches the model and metrics, checks the networked
-model against the one-process simulation of the same study and shows the centralised baseline,
-then shuts everything down. Every file it makes (kits, node.toml, study.toml, logs, results) stays
-in ``--workdir`` for inspection.
+mutual TLS and SQLite, gives each site its own file of the bundled Pima data (split iid, seeded;
+each node reads only its own), submits a study, follows it live, fetches the model and metrics,
+checks the networked model against the one-process simulation of the same study and shows the
+centralised baseline, then shuts everything down. Every file it makes (kits, node.toml,
+study.toml, logs, results) stays in ``--workdir`` for inspection.
 """
 
 from __future__ import annotations
@@ -30,15 +30,12 @@ from cordiale.client import Credentials, ResearcherClient
 from cordiale.core.errors import TransportError
 from cordiale.crypto.pki import CertificateAuthority
 from cordiale.data.catalog import get_dataset
-from cordiale.data.local import build_site_dataset
-from cordiale.data.partition import PartitionSpec, partition_indices
-from cordiale.data.tabular import read_table
 from cordiale.hub.admin import add_researcher, add_site, init_consortium
 from cordiale.hub.checkpoints import load_checkpoint
 from cordiale.hub.service import HubSettings
 from cordiale.learn.study import StudySpec
-from cordiale.learn.tasks import derive_seed
 from cordiale.sim.runner import simulate, simulation_of
+from cordiale.sim.sitefiles import site_datasets, write_site_files
 
 __all__ = ["SITES", "demo_command"]
 
@@ -63,29 +60,6 @@ def _wait_for_file(path: Path, proc: subprocess.Popen[bytes], log: Path, timeout
             raise TransportError(f"the hub did not start; its log:\n{log.read_text()[-2000:]}")
         time.sleep(0.05)
     return path.read_text().strip()
-
-
-def _write_sites(work: Path, seed: int) -> dict[str, Path]:
-    """Split Pima between the sites (iid, seeded); each site gets its own CSV and node.toml."""
-    entry = get_dataset("pima")
-    raw = entry.load()
-    labels = entry.contract.validate_frame(raw, dataset="pima")[entry.contract.target.name]
-    parts = partition_indices(
-        PartitionSpec.parse("iid"),
-        labels=labels.to_numpy(),
-        sites=len(SITES),
-        rng=np.random.default_rng(derive_seed(seed, "partition")),
-    )
-    configs = {}
-    for site, idx in zip(SITES, parts.values(), strict=True):
-        d = work / "sites" / site
-        d.mkdir(parents=True, exist_ok=True)
-        raw.iloc[idx].to_csv(d / "pima.csv", index=False)
-        (d / "node.toml").write_text(
-            tomli_w.dumps({"datasets": [{"name": "pima", "path": "pima.csv"}]})
-        )
-        configs[site] = d / "node.toml"
-    return configs
 
 
 def _write_study(work: Path, rounds: int, seed: int) -> Path:
@@ -117,16 +91,7 @@ def _check_against_simulation(
     console: Console, spec: StudySpec, configs: dict[str, Path], model: Path, results: dict
 ) -> None:
     """Re-run the study in one process on the same files; compare, and add the pooled baseline."""
-    sites = {
-        site: build_site_dataset(
-            read_table(cfg.parent / "pima.csv"),
-            spec.data.contract,
-            site=site,
-            test_fraction=spec.data.test_fraction,
-            seed=derive_seed(spec.study.seed, "split", site),
-        )
-        for site, cfg in configs.items()
-    }
+    sites = site_datasets(spec, {site: cfg.parent / "data.csv" for site, cfg in configs.items()})
     sim = simulate(simulation_of(spec), sites=sites)
     networked = load_checkpoint(model)["weights"]
     diff = max(float(np.max(np.abs(networked[k] - v))) for k, v in sim.federated.weights.items())
@@ -172,7 +137,7 @@ def demo_command(
         procs.append(hub)
         url = _wait_for_file(home / "hub.url", hub, hub_log, timeout=60)
         console.print(f"hub (pid {hub.pid}) listening on {url}, mutual TLS")
-        configs = _write_sites(work, seed)
+        configs = write_site_files(work, list(SITES), seed=seed)
         for site, country in SITES.items():
             kit = work / "sites" / site / f"{site}.kit"
             add_site(settings, site, country, url, kit)

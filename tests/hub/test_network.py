@@ -1,0 +1,91 @@
+"""End to end over HTTPS with mutual TLS: a study runs on three node agents beside their files."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from consortium import SITES, LocalConsortium, study_spec
+from safetensors.numpy import load as st_load
+
+from cordiale.learn.study import StudySpec
+from cordiale.sim.runner import simulate, simulation_of
+
+
+def _networked_weights(c: LocalConsortium, study_id: str) -> dict[str, np.ndarray]:
+    with c.client() as client:
+        raw = st_load(client.model(study_id))
+    return {k.split("/", 1)[1]: v for k, v in raw.items() if k.startswith("weights/")}
+
+
+def test_networked_result_equals_the_simulation_of_the_same_study(consortium):
+    # Prepare
+    spec = study_spec(list(SITES), rounds=4, seed=7)
+
+    # Execute
+    status = consortium.run_study(spec)
+    reference = simulate(
+        simulation_of(StudySpec.parse(spec)), sites=consortium.site_datasets(spec)
+    )
+
+    # Assert: same weights to 1e-6, same per-round metrics, every round committed once.
+    assert status["state"] == "finished", status["error"]
+    weights = _networked_weights(consortium, status["id"])
+    assert weights.keys() == reference.federated.weights.keys()
+    for name, value in reference.federated.weights.items():
+        np.testing.assert_allclose(weights[name], value, atol=1e-6, rtol=0)
+    history = status["history"]
+    assert [r["round"] for r in history] == [1, 2, 3, 4]
+    for net, sim in zip(history, reference.federated.history, strict=True):
+        assert net["auc"] == pytest.approx(sim.evaluation.pooled["auc"], abs=1e-9)
+        assert net["train_loss"] == pytest.approx(sim.train_loss, abs=1e-6)
+    with consortium.client() as client:
+        results = client.results(status["id"])
+    assert results["federated"]["auc"] == pytest.approx(
+        reference.federated.evaluation.pooled["auc"], abs=1e-9
+    )
+    assert set(results["per_site"]) == set(SITES)
+    assert all(s["task"] == "answered" for s in status["sites"].values())
+
+
+def test_a_site_whose_data_fails_the_contract_refuses_with_every_problem(consortium):
+    # Prepare: paris-cite's file loses a column and gets an impossible glucose value.
+    path = consortium.configs["paris-cite"].parent / "data.csv"
+    frame = __import__("pandas").read_csv(path)
+    frame = frame.drop(columns=["BMI"])
+    frame.loc[3, "Glucose"] = 999
+    frame.to_csv(path, index=False)
+
+    # Execute
+    status = consortium.run_study(study_spec(list(SITES)))
+
+    # Assert: the study failed at setup, and the researcher sees which site and why.
+    assert status["state"] == "failed"
+    refusal = status["sites"]["paris-cite"]
+    assert refusal["task"] == "failed" and refusal["stage"] == "stats"
+    assert "BMI" in refusal["error"] and "Glucose" in refusal["error"]
+    assert "paris-cite" in status["error"] and "BMI" in status["error"]
+    assert "999" not in refusal["error"]  # the problem is named, the value never leaves
+    assert status["sites"]["oxford"]["task"] == "answered"
+
+
+def test_study_fetch_writes_model_metrics_and_learning_curve(consortium, tmp_path):
+    status = consortium.run_study(study_spec(list(SITES), rounds=2))
+    with consortium.client() as client:
+        paths = client.fetch(status["id"], tmp_path / "results")
+    assert set(paths) == {"model", "results", "curve"}
+    assert paths["curve"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    tensors = st_load(paths["model"].read_bytes())
+    assert any(k.startswith("scaler/") for k in tensors)  # the model comes with its scaling
+
+
+def test_the_hub_runs_on_postgresql(tmp_path, postgres_db_url):
+    c = LocalConsortium(tmp_path, db_url=postgres_db_url)
+    c.start_hub()
+    for site in SITES:
+        c.start_node(site)
+    try:
+        status = c.run_study(study_spec(list(SITES), rounds=2))
+    finally:
+        c.close()
+    assert status["state"] == "finished", status["error"]
+    assert [r["round"] for r in status["history"]] == [1, 2]
