@@ -202,8 +202,10 @@ class StudyRunner(threading.Thread):
     ) -> RoundRecord:
         last: CordialeError | None = None
         for _attempt in range(self._retries + 1):
-            self._wait_for_sites(spec.study.sites, spec.study.min_sites, spec.study.round_timeout)
             try:
+                self._wait_for_sites(
+                    spec.study.sites, spec.study.min_sites, spec.study.round_timeout
+                )
                 return fed.step(r)
             except ProtocolError as e:
                 last = e
