@@ -21,7 +21,7 @@ import time
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import tomli_w
@@ -33,7 +33,9 @@ from cordiale.core.errors import (
     PermissionDenied,
     TransportError,
 )
-from cordiale.learn.study import StudySpec
+
+if TYPE_CHECKING:
+    from cordiale.learn.study import StudySpec
 
 __all__ = ["Credentials", "ResearcherClient"]
 

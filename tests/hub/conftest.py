@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 
 from consortium import SITES, LocalConsortium
-
 from cordiale.hub.db import Database
 
 

@@ -14,8 +14,8 @@ import threading
 import httpx
 import numpy as np
 import pytest
-from consortium import SITES, LocalConsortium, study_spec, wait_until
 
+from consortium import SITES, LocalConsortium, study_spec, wait_until
 from cordiale.core.codec import encode_message
 from cordiale.core.messages import Content, Envelope, Message
 from cordiale.core.records import ArrayRecord

@@ -17,10 +17,10 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from consortium import SITES, LocalConsortium, study_spec, wait_until
 from safetensors.numpy import load as st_load
 from sqlalchemy import func, select
 
+from consortium import SITES, LocalConsortium, study_spec, wait_until
 from cordiale.hub.db import Database, RoundRow
 from cordiale.learn.study import StudySpec
 from cordiale.sim.runner import simulate, simulation_of
@@ -38,8 +38,7 @@ def _cordiale(args: list[str], log: Path) -> subprocess.Popen[bytes]:
 def _start_hub_process(c: LocalConsortium, port: int) -> subprocess.Popen[bytes]:
     log = c.root / "hub.log"
     proc = _cordiale(
-        ["hub", "start", "--home", str(c.settings.home), "--port", str(port)]
-        + ["--start-timeout", "60"],
+        ["hub", "start", "--home", str(c.settings.home), "--port", str(port), "--start-timeout=60"],
         log,
     )
     verify = ssl.create_default_context(cafile=c.settings.ca_dir / "ca.pem")
@@ -114,8 +113,10 @@ def test_hub_killed_mid_study_resumes_and_ends_with_the_uninterrupted_model(tmp_
 
 def _victim(c: LocalConsortium, site: str) -> subprocess.Popen[bytes]:
     return _cordiale(
-        ["node", "start", "--kit", str(c.root / "sites" / site / "kit.toml")]
-        + ["--config", str(c.configs[site]), "--poll-wait", "1"],
+        [
+            *("node", "start", "--kit", str(c.root / "sites" / site / "kit.toml")),
+            *("--config", str(c.configs[site]), "--poll-wait", "1"),
+        ],
         c.root / f"{site}.log",
     )
 

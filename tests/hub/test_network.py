@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from consortium import SITES, LocalConsortium, study_spec
 from safetensors.numpy import load as st_load
 
+from consortium import SITES, LocalConsortium, study_spec
 from cordiale.learn.study import StudySpec
 from cordiale.sim.runner import simulate, simulation_of
 
@@ -23,9 +23,7 @@ def test_networked_result_equals_the_simulation_of_the_same_study(consortium):
 
     # Execute
     status = consortium.run_study(spec)
-    reference = simulate(
-        simulation_of(StudySpec.parse(spec)), sites=consortium.site_datasets(spec)
-    )
+    reference = simulate(simulation_of(StudySpec.parse(spec)), sites=consortium.site_datasets(spec))
 
     # Assert: same weights to 1e-6, same per-round metrics, every round committed once.
     assert status["state"] == "finished", status["error"]

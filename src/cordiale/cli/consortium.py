@@ -18,7 +18,7 @@ from cordiale.client import Credentials
 from cordiale.core.errors import ConfigError
 from cordiale.crypto.pki import CertificateAuthority
 from cordiale.hub.admin import add_researcher, add_site, init_consortium, revoke_site
-from cordiale.hub.service import HubSettings
+from cordiale.hub.settings import HubSettings
 
 __all__ = ["Db", "Home", "ca_app", "hub_settings", "researcher_app", "site_app"]
 

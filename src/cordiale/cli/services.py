@@ -11,17 +11,11 @@ from pathlib import Path
 from types import FrameType
 from typing import Annotated
 
-import torch
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
 
 from cordiale.cli.consortium import DEFAULT_HOME, Db, Home, hub_settings
-from cordiale.crypto.pki import EnrolmentKit
-from cordiale.hub.server import HubServer, bind
-from cordiale.hub.service import Hub
-from cordiale.node.agent import NodeAgent
-from cordiale.node.config import NodeConfig
 
 __all__ = ["URL_FILE", "hub_app", "node_app"]
 
@@ -53,6 +47,9 @@ def hub_start(
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Serve the hub over HTTPS with mutual TLS until interrupted; resumes unfinished studies."""
+    from cordiale.hub.server import HubServer, bind
+    from cordiale.hub.service import Hub
+
     _logging(verbose)
     settings = dataclasses.replace(hub_settings(home, db), start_timeout=start_timeout)
     server = HubServer(Hub(settings), bind(host, port))
@@ -71,6 +68,12 @@ def node_start(
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Dial out to the hub and serve tasks on local data until interrupted."""
+    import torch
+
+    from cordiale.crypto.pki import EnrolmentKit
+    from cordiale.node.agent import NodeAgent
+    from cordiale.node.config import NodeConfig
+
     _logging(verbose)
     torch.set_num_threads(threads)
     enrolment = EnrolmentKit.read(kit)

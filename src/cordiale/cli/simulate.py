@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -12,12 +12,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from cordiale.core.errors import ConfigError
-from cordiale.learn.federation import RoundRecord
-from cordiale.learn.models import ModelSpec
-from cordiale.learn.secure_aggregation import DEFAULT_CLIP, SecureAggregationConfig
-from cordiale.learn.trainer import TrainConfig
-from cordiale.report.curves import plot_learning_curve
-from cordiale.sim.runner import DataSource, SimulationSpec, simulate
+from cordiale.crypto.fixedpoint import DEFAULT_CLIP
+
+if TYPE_CHECKING:
+    from cordiale.learn.federation import RoundRecord
 
 __all__ = ["parse_params", "render_summary", "simulate_command"]
 
@@ -158,6 +156,12 @@ def simulate_command(
     ] = None,
 ) -> None:
     """Run a federated study in one process on bundled data or your own table."""
+    from cordiale.learn.models import ModelSpec
+    from cordiale.learn.secure_aggregation import SecureAggregationConfig
+    from cordiale.learn.trainer import TrainConfig
+    from cordiale.report.curves import plot_learning_curve
+    from cordiale.sim.runner import DataSource, SimulationSpec, simulate
+
     try:
         widths = tuple(int(w) for w in hidden.split(",") if w.strip())
     except ValueError:

@@ -13,7 +13,6 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from cordiale.client import Credentials, ResearcherClient
-from cordiale.learn.study import StudySpec
 
 __all__ = ["follow", "study_app"]
 
@@ -37,6 +36,8 @@ def _client(credentials: Path) -> ResearcherClient:
 @study_app.command("validate")
 def validate(spec: Annotated[Path, typer.Argument(help="Study spec (TOML).")]) -> None:
     """Check a study spec offline; every problem is listed."""
+    from cordiale.learn.study import StudySpec
+
     s = StudySpec.load(spec)
     Console().print(
         f"[green]valid[/]: {s.study.name!r}, {len(s.study.sites)} sites "
@@ -51,6 +52,8 @@ def submit(
     credentials: CredentialsOpt = DEFAULT_CREDENTIALS,
 ) -> None:
     """Submit a study to the hub; prints its id."""
+    from cordiale.learn.study import StudySpec
+
     with _client(credentials) as client:
         study_id = client.submit(StudySpec.load(spec))
     Console().print(f"submitted: [bold]{study_id}[/]")

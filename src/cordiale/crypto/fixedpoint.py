@@ -39,11 +39,18 @@ from cordiale.core.errors import CryptoError
 from .prg import ring_dtype
 
 __all__ = [
+    "DEFAULT_CLIP",
+    "DEFAULT_FRAC_BITS",
     "FixedPointCodec",
     "choose_bits",
     "decode_weighted",
     "encode_weighted",
 ]
+
+DEFAULT_CLIP = 1000.0
+"""Default bound on ``|n * delta|`` per element of a secure-aggregation update."""
+DEFAULT_FRAC_BITS = 16
+"""Default fractional bits of the fixed-point encoding (resolution ``2^-16``)."""
 
 _MAX_SCALED = 2**52
 """Largest |c * 2^f| accepted: float64 then represents every quantised value exactly."""

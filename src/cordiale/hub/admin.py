@@ -15,7 +15,7 @@ from sqlalchemy.exc import IntegrityError
 from cordiale.core.errors import ConfigError
 from cordiale.crypto.pki import CertificateAuthority, EnrolmentKit, hash_token, new_token
 from cordiale.hub.db import Database, ResearcherRow, SiteRow, utcnow
-from cordiale.hub.service import HubSettings
+from cordiale.hub.settings import HubSettings
 
 __all__ = ["add_researcher", "add_site", "init_consortium", "revoke_site"]
 

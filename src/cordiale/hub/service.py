@@ -16,7 +16,6 @@ import logging
 import threading
 import time
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,30 +36,12 @@ from cordiale.hub.checkpoints import load_checkpoint
 from cordiale.hub.db import Database, ResearcherRow, RoundRow, SiteRow, StudyRow, TaskRow, utcnow
 from cordiale.hub.mailbox import Mailbox
 from cordiale.hub.scheduler import StudyRunner
+from cordiale.hub.settings import HubSettings
 from cordiale.learn.study import StudySpec
 
 __all__ = ["Hub", "HubSettings"]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class HubSettings:
-    home: Path
-    db_url: str | None = None  # default: sqlite:///<home>/hub.db
-    offline_after: float = 20.0  # a site not heard from for this long is offline
-    max_poll_wait: float = 25.0
-    max_upload_bytes: int = 256 * 1024 * 1024
-    start_timeout: float = 60.0  # how long a study waits for its sites
-    round_retries: int = 2
-
-    @property
-    def database_url(self) -> str:
-        return self.db_url or f"sqlite:///{(self.home / 'hub.db').resolve()}"
-
-    @property
-    def ca_dir(self) -> Path:
-        return self.home / "ca"
 
 
 class Hub:

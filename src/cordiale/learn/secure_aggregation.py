@@ -100,10 +100,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-DEFAULT_CLIP = 1000.0
-"""Default bound on ``|n * delta|`` per element (see the module notes)."""
-DEFAULT_FRAC_BITS = 16
-"""Default fractional bits of the fixed-point encoding (resolution ``2^-16``)."""
+# Defaults live with the fixed-point codec (a light module the CLI can import at start-up).
+from cordiale.crypto.fixedpoint import DEFAULT_CLIP, DEFAULT_FRAC_BITS  # noqa: E402
 
 #: Sends one message of stage "secagg" per node; returns (replies by node, failures by node).
 Exchange = Callable[[dict[str, Content]], tuple[dict[str, Message], dict[str, str]]]

@@ -43,7 +43,7 @@ def study_spec(sites: list[str], **study: Any) -> dict[str, Any]:
         },
         "data": {
             "dataset": "pima",
-            "contract": get_dataset("pima").contract.model_dump(mode="json"),
+            "contract": get_dataset("pima").contract.model_dump(mode="json", exclude_none=True),
         },
         "model": {"kind": "logreg"},
         "train": {"lr": 0.1},
