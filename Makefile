@@ -16,8 +16,9 @@ $(STAMP): pyproject.toml Makefile
 	@touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/cordiale simulate --dataset pima --sites 4 --partition dirichlet:0.5 \
-		--strategy fedadam --rounds 30 --seed 0 --out demo-results/results.json
+	@# a fresh consortium each time: idempotent, and every file of the last run stays to look at
+	rm -rf demo-results
+	$(VENV)/bin/cordiale demo --workdir demo-results
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
