@@ -32,6 +32,7 @@ format: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/federated_vs_pooled.py
 	$(PY) bench/round_overhead.py
+	$(PY) bench/network_round.py
 
 clean:
 	rm -rf $(VENV) demo-results .pytest_cache .hypothesis .ruff_cache

@@ -222,16 +222,16 @@ def main() -> None:
     for col in (
         "nodes",
         "params",
-        "payload MB/round",
-        "network s/round",
-        "commit to commit s",
-        "simulation s/round",
-        "network / simulation",
-        "max |Δw|",
-        "node start-up s",
+        "MB/\nround",
+        "network\ns/round",
+        "commit to\ncommit s",
+        "sim\ns/round",
+        "ratio\nnet/sim",
+        "max\n|Δw|",
     ):
         table.add_column(col, justify="right")
     out: list[dict[str, Any]] = []
+    startup: list[str] = []
     for n in args.nodes:
         spec = StudySpec.parse(study_dict(site_names(n), args.rounds, args.hidden))
         with tempfile.TemporaryDirectory(prefix=f"cordiale-netbench-{n}-") as d:
@@ -245,15 +245,15 @@ def main() -> None:
         payload = 2 * n * 4 * params / 1e6
         table.add_row(
             str(n),
-            f"{params:,}",
+            f"{params / 1e6:.2f}M",
             f"{payload:.1f}",
             f"{network:.3f}",
             f"{committed:.3f}",
             f"{simulation:.3f}",
             f"{network / simulation:.2f}x",
             f"{diff:.1e}",
-            f"{net.startup_seconds:.1f}",
         )
+        startup.append(f"N={n}: {net.startup_seconds:.1f} s")
         out.append(
             {
                 "nodes": n,
@@ -264,12 +264,17 @@ def main() -> None:
                 "simulation_seconds_per_round": simulation,
                 "ratio": network / simulation,
                 "max_abs_weight_difference": diff,
+                "startup_seconds": net.startup_seconds,
                 "network_rounds": net.step_seconds,
                 "simulation_rounds": sim_seconds,
             }
         )
     console.print(table)
-    console.print(f"cores: {os.cpu_count()}; nodes train with one torch thread each, in parallel")
+    console.print(
+        f"MB/round: the update payload, 4 bytes x {params:,} parameters to and from every node. "
+        f"{os.cpu_count()} cores; every node trains on one torch thread, in its own process. "
+        f"Hub and nodes up and connected in {', '.join(startup)}."
+    )
     if args.json is not None:
         args.json.write_text(json.dumps(out, indent=2))
 
