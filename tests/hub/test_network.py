@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
+import pandas as pd
 import pytest
+import tomli_w
 from safetensors.numpy import load as st_load
 from sqlalchemy import select
 
 from consortium import SITES, LocalConsortium, study_spec
 from cordiale.hub.db import Database, TaskRow
 from cordiale.learn.study import StudySpec
+from cordiale.privacy import epsilon
 from cordiale.sim.runner import simulate, simulation_of
 
 
@@ -50,7 +57,7 @@ def test_networked_result_equals_the_simulation_of_the_same_study(consortium):
 def test_a_site_whose_data_fails_the_contract_refuses_with_every_problem(consortium):
     # Prepare: paris-cite's file loses a column and gets an impossible glucose value.
     path = consortium.configs["paris-cite"].parent / "data.csv"
-    frame = __import__("pandas").read_csv(path)
+    frame = pd.read_csv(path)
     frame = frame.drop(columns=["BMI"])
     frame.loc[3, "Glucose"] = 999
     frame.to_csv(path, index=False)
@@ -118,3 +125,50 @@ def test_secure_aggregation_over_the_network_matches_plaintext_within_quantisati
         stages = set(s.scalars(select(TaskRow.stage).where(TaskRow.study_id == status["id"])))
     db.dispose()
     assert stages == {"stats", "secagg", "evaluate"}
+
+
+def test_a_dp_study_reports_epsilon_per_site_and_a_site_stops_at_its_budget(tmp_path):
+    # Prepare: every site puts pima under a budget; pasteur's allows two releases at z=3.
+    c = LocalConsortium(tmp_path)
+    budgets = {"oxford": 10.0, "paris-cite": 10.0, "pasteur": 2.5}
+    for site, budget in budgets.items():
+        c.configs[site].write_text(
+            tomli_w.dumps(
+                {
+                    "node": {"state_dir": "state"},
+                    "datasets": [{"name": "pima", "path": "data.csv", "budget_epsilon": budget}],
+                }
+            )
+        )
+    c.start_hub()
+    for site in SITES:
+        c.start_node(site)
+    spec = study_spec(list(SITES), rounds=4, min_sites=2)
+    spec["privacy"] = {"dp": "client", "noise_multiplier": 3.0, "clip_norm": 0.5}
+    try:
+        # Execute
+        status = c.run_study(spec)
+        plain = c.run_study(study_spec(list(SITES), rounds=1))  # no DP on budgeted data
+    finally:
+        c.close()
+    budget = subprocess.run(
+        [sys.executable, "-m", "cordiale", "node", "budget", "--config", str(c.configs["pasteur"])],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+
+    # Assert: the accountant's epsilon per site; pasteur refused rounds 3 and 4 and said why.
+    def eps(k: int) -> float:
+        return epsilon(noise_multiplier=3.0, sampling_rate=1.0, steps=k, delta=1e-5)
+
+    assert status["state"] == "finished", status["error"]
+    spent = status["privacy"]["epsilon_spent"]
+    assert spent["oxford"] == pytest.approx(eps(4)) and spent["pasteur"] == pytest.approx(eps(2))
+    assert [r["nodes"] for r in status["history"]] == [3, 3, 2, 2]
+    refusal = status["history"][2]["failures"]["pasteur"]
+    assert "BudgetExceeded" in refusal and "is left" in refusal
+    assert plain["state"] == "failed" and "differential privacy" in plain["error"]
+    assert budget.returncode == 0, budget.stderr
+    assert f"{eps(2):.4g}" in budget.stdout and f"{2.5 - eps(2):.4g}" in budget.stdout

@@ -98,3 +98,43 @@ def node_start(
         signal.signal(signal.SIGTERM, _stop)
         signal.signal(signal.SIGINT, _stop)
     agent.run()
+
+
+@node_app.command("budget")
+def node_budget(
+    config: Annotated[Path, typer.Option(help="node.toml: the site's datasets and budgets.")],
+    history: Annotated[str | None, typer.Option(help="List every charge on this dataset.")] = None,
+) -> None:
+    """The site's privacy ledger: budget, spent and left per dataset (and every charge)."""
+    from rich.table import Table
+
+    from cordiale.node.config import NodeConfig
+
+    node = NodeConfig.load(config)
+    ledger = node.privacy_keeper().ledger
+    assert ledger is not None
+    console = Console()
+    table = Table("dataset", "budget eps", "spent eps", "left eps", "delta spent", "charges")
+    for entry in node.datasets:
+        if entry.budget_epsilon is None:
+            table.add_row(entry.name, "-", "-", "-", "-", "no budget: DP not required")
+            continue
+        budget, spent = ledger.budget(entry.name), ledger.spent(entry.name)
+        left = ledger.remaining(entry.name)
+        table.add_row(
+            entry.name,
+            f"{budget.epsilon:g}",
+            f"{spent.epsilon:.4g}",
+            f"{left.epsilon:.4g}",
+            f"{spent.delta:.2g}",
+            str(len(ledger.history(entry.name))),
+        )
+    console.print(table)
+    console.print(f"ledger: {ledger.path}")
+    if history is not None:
+        charges = Table("when (UTC)", "study", "task", "epsilon", "delta", title=history)
+        for c in ledger.history(history):
+            charges.add_row(
+                c.charged_at[:19], c.study_id, c.task_id, f"{c.epsilon:.4g}", f"{c.delta:.2g}"
+            )
+        console.print(charges)

@@ -126,6 +126,14 @@ def status_command(
     console.print(
         f"state: [bold]{status['state']}[/], rounds {status['rounds_done']}/{status['rounds']}"
     )
+    privacy = status.get("privacy")
+    if privacy:
+        s = privacy["settings"]
+        spent = ", ".join(f"{k} {v:.3g}" for k, v in sorted(privacy["epsilon_spent"].items()))
+        console.print(
+            f"differential privacy ({s['dp']}-level, delta {s['delta']:g}): epsilon spent per "
+            f"site: {spent or 'none yet'}"
+        )
     if status["error"]:
         console.print(f"[red]error:[/] {status['error']}", highlight=False)
         raise typer.Exit(1)

@@ -123,6 +123,7 @@ class RoundRow(Base):
     seconds: Mapped[float] = mapped_column(Float)
     evaluation: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     checkpoint: Mapped[str] = mapped_column(String(300))  # file name in the study's directory
+    privacy: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # site -> epsilon spent (0002)
 
 
 class TaskRow(Base):

@@ -106,6 +106,7 @@ class StudyRunner(threading.Thread):
                         }
                     ),
                     checkpoint=name,
+                    privacy=dict(record.privacy) or None,
                 )
             )
             row = s.get(StudyRow, self.study_id)

@@ -271,6 +271,7 @@ class Hub:
                         for site in sites
                     },
                     "history": [_round_json(r) for r in rounds],
+                    "privacy": _privacy_summary(spec, rounds),
                 }
             )
 
@@ -315,6 +316,7 @@ class Hub:
                     for site in spec.study.sites
                 },
                 "rounds": status["history"],
+                "privacy": status["privacy"],
             }
         )
 
@@ -351,4 +353,21 @@ def _round_json(r: RoundRow) -> dict[str, Any]:
         out["per_site_auc"] = {s: m.get("auc") for s, m in r.evaluation["per_site"].items()}
     if r.failures:
         out["failures"] = r.failures
+    if r.privacy:
+        out["epsilon"] = r.privacy
     return out
+
+
+def _privacy_summary(spec: dict[str, Any], rounds: Any) -> dict[str, Any] | None:
+    """The study's DP settings and the epsilon each site last reported having spent."""
+    settings = spec.get("privacy", {})
+    if settings.get("dp", "none") == "none":
+        return None
+    spent: dict[str, float] = {}
+    for r in rounds:
+        spent.update(r.privacy or {})
+    keys = ("dp", "epsilon", "delta", "noise_multiplier", "clip_norm", "noise")
+    return {
+        "settings": {k: settings.get(k) for k in keys},
+        "epsilon_spent": spent,
+    }

@@ -30,6 +30,7 @@ from cordiale.core.errors import ConfigError, ProtocolError
 from cordiale.core.messages import Content, Envelope, Message, Stage
 from cordiale.core.records import ArrayRecord, ConfigRecord
 from cordiale.data.features import Standardizer, combine_stats
+from cordiale.learn.dp import ClientDP, DPSettings
 from cordiale.learn.metrics import ScoreHistogram, compute_metrics
 from cordiale.learn.models import ModelSpec, build_model, get_weights
 from cordiale.learn.secure_aggregation import (
@@ -61,6 +62,7 @@ class FederationConfig:
     secure_aggregation: SecureAggregationConfig | None = None
     # Sent with every task: what a networked node needs to find its data (dataset, contract).
     task_context: dict[str, str | float | int] = field(default_factory=dict)
+    dp: DPSettings | None = None
 
     def __post_init__(self) -> None:
         if self.rounds < 1:
@@ -100,6 +102,7 @@ class RoundRecord:
     seconds: float
     evaluation: EvaluationReport | None = None
     failures: dict[str, str] = field(default_factory=dict)
+    privacy: dict[str, float] = field(default_factory=dict)  # epsilon each site reports spent
 
     def to_json(self) -> dict[str, Any]:
         """One round as results JSON: loss, pooled metrics, AUC per site, failures."""
@@ -114,6 +117,8 @@ class RoundRecord:
             out["per_site_auc"] = {s: m["auc"] for s, m in self.evaluation.per_site.items()}
         if self.failures:
             out["failures"] = self.failures
+        if self.privacy:
+            out["epsilon"] = self.privacy
         return out
 
 
@@ -130,6 +135,12 @@ class Federation:
 
     def __init__(self, config: FederationConfig, strategy: Strategy, transport: Transport) -> None:
         self.config = config
+        if (
+            config.dp is not None
+            and config.dp.mode == "client"
+            and not isinstance(strategy, ClientDP)
+        ):
+            strategy = ClientDP(strategy, config.dp, rounds=config.rounds)  # privacy by wrapping
         self.strategy = strategy
         self.transport = transport
         self.weights: ArrayRecord | None = None
@@ -179,6 +190,10 @@ class Federation:
         cfg["seed"] = derive_seed(self.config.seed, server_round, node)
         for k, v in self.config.task_context.items():
             cfg[k] = v
+        if self.config.dp is not None:
+            dp = self.config.dp.to_config(self.config.rounds, self.strategy.min_fit_nodes)
+            for k, v in dp.items():
+                cfg[k] = v
         return cfg
 
     def _arrays(
@@ -263,7 +278,14 @@ class Federation:
         self.weights = self.strategy.aggregate_fit(server_round, self.weights, results)
         total = sum(r.num_examples for r in results)
         loss = sum(r.metrics["train_loss"] * r.num_examples for r in results) / total
-        return RoundRecord(server_round, sorted(ok), float(loss), 0.0, failures=failures)
+        privacy = {
+            r.node_id: float(r.metrics["privacy.epsilon"])
+            for r in results
+            if "privacy.epsilon" in r.metrics
+        }
+        return RoundRecord(
+            server_round, sorted(ok), float(loss), 0.0, failures=failures, privacy=privacy
+        )
 
     def _secure_fit(self, server_round: int, contents: dict[str, Content]) -> RoundRecord:
         """The round through secure aggregation: the strategy sees only the mean update."""
@@ -274,12 +296,21 @@ class Federation:
             contents,
             update_shapes(self.weights, self.config.local_layers),
             self.config.secure_aggregation,
-            max_weight=max((self.node_examples.get(n, 0) for n in contents), default=0),
+            max_weight=(
+                1  # client-level DP weighs every site equally
+                if self.config.dp is not None and self.config.dp.mode == "client"
+                else max((self.node_examples.get(n, 0) for n in contents), default=0)
+            ),
         )
         self._check_fit_nodes(server_round, len(result.nodes), len(contents), result.failures)
         self.weights = self.strategy.server_update(server_round, self.weights, result.mean_update)
         return RoundRecord(
-            server_round, result.nodes, result.train_loss, 0.0, failures=result.failures
+            server_round,
+            result.nodes,
+            result.train_loss,
+            0.0,
+            failures=result.failures,
+            privacy=result.privacy,
         )
 
     def evaluate(

@@ -217,6 +217,7 @@ class SecureRoundResult:
     train_loss: float
     total_weight: int
     failures: dict[str, str] = field(default_factory=dict)
+    privacy: dict[str, float] = field(default_factory=dict)  # epsilon each site reports spent
 
 
 def run_secure_round(
@@ -246,6 +247,7 @@ def run_secure_round(
         server.aggregate,
     )
     failures: dict[str, str] = {}
+    privacy: dict[str, float] = {}
     requests: Any = server.advertise_keys()
     try:
         for step, next_step in zip(STEPS, advance, strict=True):
@@ -259,6 +261,12 @@ def run_secure_round(
                 contents[node] = to_content(step, request, base)
             ok, failed = exchange(contents)
             failures.update(failed)
+            if step == STEPS[0]:
+                privacy = {
+                    n: float(m.content.metrics["privacy.epsilon"])
+                    for n, m in ok.items()
+                    if "privacy.epsilon" in m.content.metrics
+                }
             replies = []
             for node, message in sorted(ok.items()):
                 try:
@@ -299,6 +307,7 @@ def run_secure_round(
         train_loss=float(sums[-1] * max_weight / total_weight),
         total_weight=total_weight,
         failures=failures,
+        privacy={n: e for n, e in privacy.items() if n in survivors},
     )
 
 
@@ -402,7 +411,8 @@ def _advertise(
             f"the round's vector length {config.vector_length} does not fit the update "
             f"({flat.size} elements, plus the loss and the weight)"
         )
-    weight = outcome.num_examples
+    # client-level DP needs equal weights: each site's whole contribution is bounded by the clip
+    weight = 1 if content.config.get_str("dp.mode", "") == "client" else outcome.num_examples
     if weight > params.max_weight:
         raise ProtocolError("this node's example count exceeds the round's maximum weight")
     weighted = weight * flat

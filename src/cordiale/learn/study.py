@@ -39,6 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from cordiale.core.errors import ConfigError
 from cordiale.data.contract import DataContract
+from cordiale.learn.dp import DPSettings
 from cordiale.learn.federation import FederationConfig
 from cordiale.learn.models import ModelSpec
 from cordiale.learn.secure_aggregation import SecureAggregationConfig
@@ -116,6 +117,26 @@ class PrivacySection(_Section):
     secure_aggregation: bool = False
     secagg_neighbours: int | None = None
     secagg_threshold: int | None = None
+    dp: Literal["none", "client", "sample"] = "none"
+    epsilon: float | None = Field(default=None, gt=0)  # a target; or give noise_multiplier
+    delta: float = Field(default=1e-5, gt=0, lt=1)
+    noise_multiplier: float | None = Field(default=None, gt=0)
+    clip_norm: float = Field(default=1.0, gt=0)
+    noise: Literal["central", "distributed"] = "distributed"
+    accountant: Literal["rdp", "pld"] = "rdp"
+
+    def dp_settings(self) -> DPSettings | None:
+        if self.dp == "none":
+            return None
+        return DPSettings(
+            mode=self.dp,
+            delta=self.delta,
+            epsilon=self.epsilon,
+            noise_multiplier=self.noise_multiplier,
+            clip_norm=self.clip_norm,
+            noise=self.noise,
+            accountant=self.accountant,
+        )
 
 
 class StudySpec(_Section):
@@ -175,7 +196,14 @@ class StudySpec(_Section):
             )
         try:
             self.strategy_object()
-            self.federation_config("validation")
+            config = self.federation_config("validation")
+            if config.dp is not None and config.dp.mode == "client":
+                config.dp.client_noise_multiplier(self.study.rounds)  # the target can be met
+                if config.secure_aggregation is not None and config.dp.noise == "central":
+                    problems.append(
+                        "privacy.noise = 'central' needs a hub trusted with single updates; "
+                        "with secure aggregation use 'distributed'"
+                    )
         except ConfigError as e:
             problems.append(str(e))
         if problems:
@@ -209,6 +237,7 @@ class StudySpec(_Section):
             round_timeout=self.study.round_timeout,
             secure_aggregation=secagg,
             task_context=task_context(self),
+            dp=p.dp_settings(),
         )
 
     def to_json(self) -> dict[str, Any]:

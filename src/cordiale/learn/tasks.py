@@ -8,7 +8,7 @@ aggregate: feature statistics, a model update and an example count, or a score h
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -18,6 +18,7 @@ from cordiale.core.messages import Content
 from cordiale.core.records import ArrayRecord, ConfigRecord, MetricRecord
 from cordiale.data.features import Standardizer, feature_stats
 from cordiale.data.local import LocalDataset
+from cordiale.learn.dp import privatise_update, sample_level_noise
 from cordiale.learn.metrics import ScoreHistogram
 from cordiale.learn.models import ModelSpec, TabularNet, build_model, get_weights, set_weights
 from cordiale.learn.trainer import TrainConfig, TrainOutcome, predict_proba, train_local
@@ -100,9 +101,19 @@ def train_update(
     model = _model(ds, content, state, study)
     start = get_weights(model)
     x = _scaler(ds, content).transform(ds.x_train)
-    outcome = train_local(
-        model, x, ds.y_train, TrainConfig.from_config(cfg), seed=cfg.get_int("seed", 0)
-    )
+    train_cfg = TrainConfig.from_config(cfg)
+    dp_mode = cfg.get_str("dp.mode", "")
+    if dp_mode == "sample":  # DP-SGD; the node solves for its own noise (it knows its rows)
+        z = sample_level_noise(
+            cfg,
+            num_examples=ds.num_train,
+            batch_size=train_cfg.batch_size,
+            epochs=train_cfg.epochs,
+        )
+        train_cfg = replace(
+            train_cfg, dp_noise_multiplier=z, dp_max_grad_norm=cfg.get_float("dp.clip_norm", 1.0)
+        )
+    outcome = train_local(model, x, ds.y_train, train_cfg, seed=cfg.get_int("seed", 0))
     end = get_weights(model)
     keep = tuple(cfg.get_str_list("local_layers"))
     if keep:
@@ -114,6 +125,8 @@ def train_update(
         for k in end
         if np.issubdtype(end[k].dtype, np.floating) and not (keep and k.startswith(keep))
     )
+    if dp_mode == "client":  # clip, and add this node's noise share when noise is distributed
+        update, _norm = privatise_update(update, cfg)
     return update, outcome
 
 

@@ -54,7 +54,9 @@ class NodeAgent:
         self.site = kit.site_id
         self.hub_url = (hub_url or kit.hub_url).rstrip("/")
         self.data = SiteData(self.site, config)
-        self.runtime = NodeRuntime(self.site, self.data.resolve, limits=limits)
+        self.runtime = NodeRuntime(
+            self.site, self.data.resolve, limits=limits, privacy=config.privacy_keeper()
+        )
         self.poll_wait = poll_wait
         self.heartbeat_every = heartbeat_every
         self.max_backoff = max_backoff

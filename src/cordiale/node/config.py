@@ -2,11 +2,16 @@
 
 Example::
 
+    [node]
+    state_dir = "state"                 # the privacy ledger (default: cordiale-node-state)
+
     [[datasets]]
     name = "pima"                       # the name studies ask for
     path = "data/oxford-pima.csv"       # relative to node.toml; CSV or Parquet
     contract = "pima.contract.toml"     # optional: checked when the node starts
     description = "Antenatal clinic, 2019-2023"
+    budget_epsilon = 8.0                # optional: only DP studies, until epsilon 8 is spent
+    budget_delta = 1e-5
 
 Only metadata leaves the site when the node registers (name, format, row count, column names,
 contract name): never a value. When a task arrives, :class:`SiteData` reads the named dataset,
@@ -30,6 +35,7 @@ from cordiale.data.contract import DataContract
 from cordiale.data.local import LocalDataset, build_site_dataset
 from cordiale.data.tabular import read_table
 from cordiale.learn.tasks import derive_seed
+from cordiale.node.privacy import PrivacyKeeper
 
 __all__ = ["DatasetEntry", "NodeConfig", "SiteData"]
 
@@ -41,11 +47,21 @@ class DatasetEntry(BaseModel):
     path: Path
     contract: Path | None = None
     description: str = ""
+    # a privacy budget: studies on this dataset must use DP, and stop when it is spent
+    budget_epsilon: float | None = Field(default=None, gt=0)
+    budget_delta: float = Field(default=1e-5, gt=0, lt=1)
+
+
+class NodeSection(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    state_dir: Path = Path("cordiale-node-state")  # the privacy ledger lives here
 
 
 class NodeConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    node: NodeSection = Field(default_factory=NodeSection)
     datasets: list[DatasetEntry] = Field(default_factory=list)
 
     @classmethod
@@ -84,7 +100,17 @@ class NodeConfig(BaseModel):
             raise ConfigError(f"node config {path} names files that do not exist: {missing}")
         if len(set(names)) != len(names):
             raise ConfigError(f"node config {path} registers a dataset name twice: {names}")
-        return cls(datasets=entries)
+        state = NodeSection(state_dir=(base / config.node.state_dir).resolve())
+        return cls(node=state, datasets=entries)
+
+    def privacy_keeper(self) -> PrivacyKeeper:
+        """The node's ledger (in ``state_dir``), with the budgets this file sets."""
+        keeper = PrivacyKeeper.at(self.node.state_dir)
+        assert keeper.ledger is not None
+        for e in self.datasets:
+            if e.budget_epsilon is not None:
+                keeper.ledger.set_budget(e.name, epsilon=e.budget_epsilon, delta=e.budget_delta)
+        return keeper
 
 
 class SiteData:

@@ -16,8 +16,10 @@ from cordiale.core.errors import CordialeError, ProtocolError, WireError
 from cordiale.core.messages import Content, Envelope, ErrorInfo, Message, ReplayGuard
 from cordiale.core.records import ConfigRecord
 from cordiale.data.local import LocalDataset
+from cordiale.learn.secagg_wire import STEPS, step_of
 from cordiale.learn.secure_aggregation import run_secagg
 from cordiale.learn.tasks import NodeState, run_evaluate, run_stats, run_train
+from cordiale.node.privacy import PrivacyKeeper
 
 __all__ = ["DatasetResolver", "NodeRuntime"]
 
@@ -40,8 +42,10 @@ class NodeRuntime:
         dataset: LocalDataset | DatasetResolver,
         *,
         limits: DecodeLimits | None = None,
+        privacy: PrivacyKeeper | None = None,
     ) -> None:
         self.node_id = node_id
+        self.privacy = privacy or PrivacyKeeper()
         self._resolve: DatasetResolver = (
             (lambda _study, _config: dataset) if isinstance(dataset, LocalDataset) else dataset
         )
@@ -108,4 +112,21 @@ class NodeRuntime:
                 message.envelope.round,
             ),
         }
-        return handlers[stage]()
+        releases = stage == "train" or (stage == "secagg" and step_of(message.content) == STEPS[0])
+        name = message.content.config.get_str("data.dataset", dataset.name)
+        spent = None
+        if releases:
+            self.privacy.check_allowed(name, message.content.config)
+            if "dp.mode" in message.content.config:
+                # charged, durably, before any work: nothing derived from the data leaves unpaid
+                spent = self.privacy.charge(
+                    name,
+                    message.envelope.study_id,
+                    message.envelope.message_id,
+                    message.content.config,
+                    num_examples=dataset.num_train,
+                )
+        content = handlers[stage]()
+        if spent is not None:
+            content.metrics["privacy.epsilon"], content.metrics["privacy.delta"] = spent
+        return content

@@ -29,6 +29,7 @@ from cordiale.data.contract import DataContract, infer_contract
 from cordiale.data.local import LocalDataset, split_frame
 from cordiale.data.partition import PartitionSpec, partition_indices
 from cordiale.data.tabular import read_table
+from cordiale.learn.dp import DPSettings
 from cordiale.learn.federation import (
     EvaluationReport,
     Federation,
@@ -119,6 +120,7 @@ class SimulationSpec:
     pooled: bool = True
     evaluate_every: int = 1
     secure_aggregation: SecureAggregationConfig | None = None
+    dp: DPSettings | None = None
 
 
 @dataclass
@@ -167,6 +169,7 @@ class SimulationResult:
                 "secure_aggregation": (
                     spec.secure_aggregation.to_json() if spec.secure_aggregation else None
                 ),
+                "dp": spec.dp.to_json() if spec.dp else None,
             },
             "federated": fed.pooled,
             "pooled": pooled.pooled if pooled else None,
@@ -276,6 +279,7 @@ def simulate(
         local_layers=spec.local_layers,
         evaluate_every=spec.evaluate_every,
         secure_aggregation=spec.secure_aggregation,
+        dp=spec.dp,
     )
     transport = InMemoryTransport({s: NodeRuntime(s, d).handle_bytes for s, d in sites.items()})
     with _torch_threads(1):
@@ -295,6 +299,7 @@ def simulate(
                         "local_layers": (),
                         "scaling": "federated",
                         "secure_aggregation": None,  # one site: nothing to hide it among
+                        "dp": None,  # the baseline is the non-private upper bound
                     }
                 ),
                 make_strategy("fedavg"),
@@ -340,4 +345,5 @@ def simulation_of(study: StudySpec) -> SimulationSpec:
         local_layers=config.local_layers,
         evaluate_every=config.evaluate_every,
         secure_aggregation=config.secure_aggregation,
+        dp=config.dp,
     )
