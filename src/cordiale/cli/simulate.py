@@ -89,6 +89,14 @@ def render_summary(console: Console, result: dict[str, Any]) -> None:
     ratio = result.get("auc_ratio_federated_to_pooled")
     if ratio is not None:
         console.print(f"federated AUC / pooled AUC = [bold]{ratio:.3f}[/]")
+    privacy = result.get("privacy")
+    if privacy:
+        spent = privacy["epsilon_spent"]
+        console.print(
+            f"differential privacy ({privacy['settings']['dp']}-level): epsilon spent per site "
+            f"at delta {privacy['settings']['delta']:g}: "
+            + (", ".join(f"{s} {e:.3g}" for s, e in sorted(spent.items())) or "none")
+        )
 
 
 def simulate_command(
@@ -154,8 +162,26 @@ def simulate_command(
             help=f"Secure aggregation: clip each element of n*update to ±CLIP [{DEFAULT_CLIP:g}]."
         ),
     ] = None,
+    dp: Annotated[
+        str | None,
+        typer.Option(help="Differential privacy: 'client' (DP-FedAvg) or 'sample' (DP-SGD)."),
+    ] = None,
+    epsilon: Annotated[
+        float | None, typer.Option(help="DP: target epsilon (the accountant sets the noise).")
+    ] = None,
+    noise_multiplier: Annotated[
+        float | None, typer.Option(help="DP: noise multiplier (epsilon is then reported).")
+    ] = None,
+    delta: Annotated[float, typer.Option(help="DP: delta.")] = 1e-5,
+    clip_norm: Annotated[
+        float, typer.Option(help="DP: L2 bound of an update (client) or a gradient (sample).")
+    ] = 1.0,
+    dp_noise: Annotated[
+        str, typer.Option(help="Client DP: noise added 'distributed' by the sites or 'central'.")
+    ] = "distributed",
 ) -> None:
     """Run a federated study in one process on bundled data or your own table."""
+    from cordiale.learn.dp import DPSettings
     from cordiale.learn.models import ModelSpec
     from cordiale.learn.secure_aggregation import SecureAggregationConfig
     from cordiale.learn.trainer import TrainConfig
@@ -177,6 +203,18 @@ def simulate_command(
         raise ConfigError(
             "--secagg-threshold, --secagg-neighbours and --secagg-clip need --secure-aggregation"
         )
+    dp_settings = None
+    if dp is not None:
+        dp_settings = DPSettings(
+            mode=dp,  # type: ignore[arg-type]
+            epsilon=epsilon,
+            noise_multiplier=noise_multiplier,
+            delta=delta,
+            clip_norm=clip_norm,
+            noise=dp_noise,  # type: ignore[arg-type]
+        )
+    elif (epsilon, noise_multiplier) != (None, None):
+        raise ConfigError("--epsilon and --noise-multiplier need --dp client or --dp sample")
     spec = SimulationSpec(
         source=DataSource(
             dataset=dataset,
@@ -205,6 +243,7 @@ def simulate_command(
         local_layers=tuple(p.strip() for p in local_layers.split(",") if p.strip()),
         pooled=pooled,
         secure_aggregation=secagg,
+        dp=dp_settings,
     )
     console = Console()
     with Progress(

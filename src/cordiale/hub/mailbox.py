@@ -6,9 +6,10 @@ Nodes never listen. A node long-polls the hub for its next task and posts the re
 same :class:`~cordiale.learn.federation.Federation` that simulation runs drives the network.
 
 Replies arrive already decoded and checked by the hub's upload endpoint (size, format, sender).
-Every task's fate is reported through ``on_state(message_id, state, error)``: ``queued``,
-``delivered``, ``answered``, ``failed`` (the node replied with an error) or ``expired`` (no reply
-before the round timeout). The hub records these in its ``tasks`` table for ``study status``.
+Tasks are recorded as ``queued`` by ``on_post`` (one call per batch); every later change is
+reported through ``on_state(message_id, state, error)``: ``delivered``, ``answered``, ``failed``
+(the node replied with an error) or ``expired`` (no reply before the round timeout). The hub
+records these in its ``tasks`` table for ``study status``.
 """
 
 from __future__ import annotations
@@ -59,7 +60,6 @@ class Mailbox:
             self._tasks[message_id] = _Task(site, data)
             self._queues.setdefault(site, deque()).append(message_id)
             self._cond.notify_all()
-        self._on_state(message_id, "queued", None)
 
     def wait_replies(
         self, message_ids: Sequence[str], deadline: float | None, stop: threading.Event
@@ -161,7 +161,7 @@ class HubTransport(Transport):
         online: Callable[[], list[str]],
         *,
         stop: threading.Event | None = None,
-        on_post: Callable[[Message], None] | None = None,
+        on_post: Callable[[Sequence[Message]], None] | None = None,
         on_state: StateCallback | None = None,
     ) -> None:
         self._mailbox = mailbox
@@ -181,8 +181,8 @@ class HubTransport(Transport):
             raise TransportError("the hub is shutting down")
         deadline = None if timeout is None else time.monotonic() + timeout
         pending = {m.envelope.message_id: m for m in messages}
+        self._on_post(messages)  # recorded as queued, in one transaction
         for m in messages:
-            self._on_post(m)
             self._mailbox.post(m.envelope.recipient, m.envelope.message_id, encode_message(m))
         answered = self._mailbox.wait_replies(list(pending), deadline, self._stop)
         if self._stop.is_set():

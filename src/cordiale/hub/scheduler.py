@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -72,18 +72,18 @@ class StudyRunner(threading.Thread):
                 setattr(row, k, v)
             row.updated_at = utcnow()
 
-    def _record_task(self, message: Message) -> None:
-        env = message.envelope
+    def _record_tasks(self, messages: Sequence[Message]) -> None:
         with self._db.session() as s:
-            s.add(
+            s.add_all(
                 TaskRow(
-                    message_id=env.message_id,
-                    study_id=env.study_id,
-                    round=env.round,
-                    stage=env.stage,
-                    site=env.recipient,
+                    message_id=m.envelope.message_id,
+                    study_id=m.envelope.study_id,
+                    round=m.envelope.round,
+                    stage=m.envelope.stage,
+                    site=m.envelope.recipient,
                     state="queued",
                 )
+                for m in messages
             )
 
     def _commit_round(self, record: RoundRecord, fed: Federation) -> None:
@@ -164,7 +164,7 @@ class StudyRunner(threading.Thread):
             self._mailbox,
             lambda: self._online(sites),
             stop=self._halt,
-            on_post=self._record_task,
+            on_post=self._record_tasks,
             on_state=self._on_state,
         )
         fed = Federation(spec.federation_config(self.study_id), spec.strategy_object(), transport)

@@ -178,8 +178,18 @@ class SimulationResult:
             "rounds": [r.to_json() for r in self.federated.history],
             "pooled_rounds": [r.to_json() for r in self.pooled.history] if self.pooled else [],
             "timing": {"wall_seconds": self.wall_seconds, "bytes_on_wire": self.bytes_on_wire},
+            "privacy": self._privacy(),
         }
         return finite(out)
+
+    def _privacy(self) -> dict[str, Any] | None:
+        dp = self.spec.dp
+        if dp is None:
+            return None
+        spent: dict[str, float] = {}
+        for r in self.federated.history:
+            spent.update(r.privacy)
+        return {"settings": {"dp": dp.mode, **dp.to_json()}, "epsilon_spent": spent}
 
 
 def prepare_sites(spec: SimulationSpec) -> tuple[str, dict[str, LocalDataset]]:
