@@ -12,6 +12,7 @@ from cordiale.core.errors import ConfigError
 from cordiale.hub.db import Database, ResearcherRow, RoundRow, SiteRow, StudyRow, TaskRow
 
 TABLES = {"sites", "researchers", "studies", "rounds", "tasks"}
+HEAD = "0002"  # the newest migration
 CEST = dt.timezone(dt.timedelta(hours=2))
 T0 = dt.datetime(2024, 5, 1, 12, 30, 15, 123456, tzinfo=dt.UTC)
 
@@ -37,7 +38,7 @@ def test_migrate_is_idempotent_and_reaches_head(database):
     assert set(inspect(database.engine).get_table_names()) == TABLES | {"alembic_version"}
     with database.engine.connect() as conn:
         versions = conn.execute(text("SELECT version_num FROM alembic_version")).scalars().all()
-    assert versions == ["0001"]
+    assert versions == [HEAD]
 
 
 def test_rows_of_every_model_round_trip(database):
@@ -182,3 +183,22 @@ def test_naive_datetimes_are_refused(database):
             )
         )
         s.flush()
+
+
+def test_an_old_schema_is_upgraded_in_place_and_keeps_its_rows(tmp_path):
+    db = Database(f"sqlite:///{tmp_path / 'old.db'}")
+    db.migrate("0001")  # a hub of the first release
+    with db.engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO researchers (name, org, token_hash, expires_at, created_at) "
+                "VALUES ('ada', 'inserm', :h, '2030-01-01 00:00:00', '2024-01-01 00:00:00')"
+            ),
+            {"h": "f" * 64},
+        )
+    assert "privacy" not in {c["name"] for c in inspect(db.engine).get_columns("rounds")}
+    db.migrate()
+    assert "privacy" in {c["name"] for c in inspect(db.engine).get_columns("rounds")}
+    with db.session() as s:
+        assert s.get(ResearcherRow, "ada").org == "inserm"
+    db.dispose()

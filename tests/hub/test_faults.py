@@ -112,13 +112,17 @@ def test_hub_killed_mid_study_resumes_and_ends_with_the_uninterrupted_model(tmp_
 
 
 def _victim(c: LocalConsortium, site: str) -> subprocess.Popen[bytes]:
-    return _cordiale(
+    """``site``'s node as a process, returned once the (in-process) hub sees it online."""
+    proc = _cordiale(
         [
             *("node", "start", "--kit", str(c.root / "sites" / site / "kit.toml")),
             *("--config", str(c.configs[site]), "--poll-wait", "1"),
         ],
         c.root / f"{site}.log",
     )
+    assert c.server is not None
+    wait_until(lambda: c.server.hub.online([site]) == [site], timeout=120)
+    return proc
 
 
 def test_a_node_killed_mid_study_is_dropped_at_the_round_timeout(tmp_path):

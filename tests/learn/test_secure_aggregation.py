@@ -11,6 +11,7 @@ import pytest
 
 from cordiale.core.errors import ConfigError, ProtocolError, SecAggAbort, WireError
 from cordiale.core.messages import Content, Envelope, Message
+from cordiale.core.records import ConfigRecord
 from cordiale.crypto import (
     AdvertiseKeysRequest,
     FixedPointCodec,
@@ -259,7 +260,8 @@ def test_node_refuses_steps_out_of_place(pima_sites):
 
     def send(step):
         env = Envelope(study_id="s", round=1, stage="secagg", sender="hub", recipient="site-0")
-        return node.handle(Message(env, Content(config={"secagg.stage": step}))).content.error
+        cfg = ConfigRecord({"secagg.stage": step})
+        return node.handle(Message(env, Content(config=cfg))).content.error
 
     err = send("share_keys")
     assert err.kind == "ProtocolError" and "no secure-aggregation round in progress" in err.message

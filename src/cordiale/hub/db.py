@@ -173,8 +173,8 @@ class Database:
             event.listen(self.engine, "connect", _sqlite_pragmas)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
-    def migrate(self) -> None:
-        """Create or upgrade the schema to the newest Alembic revision."""
+    def migrate(self, revision: str = "head") -> None:
+        """Create or upgrade the schema to ``revision`` (the newest by default)."""
         from alembic import command
         from alembic.config import Config
 
@@ -182,7 +182,7 @@ class Database:
         cfg.set_main_option("script_location", str(resources.files("cordiale.hub") / "migrations"))
         with self.engine.begin() as conn:
             cfg.attributes["connection"] = conn
-            command.upgrade(cfg, "head")
+            command.upgrade(cfg, revision)
 
     @contextmanager
     def session(self) -> Iterator[Session]:
