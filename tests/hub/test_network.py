@@ -14,6 +14,7 @@ from safetensors.numpy import load as st_load
 from sqlalchemy import select
 
 from consortium import SITES, LocalConsortium, study_spec
+from cordiale.governance.audit import AuditLog, verify
 from cordiale.hub.db import Database, TaskRow
 from cordiale.learn.study import StudySpec
 from cordiale.privacy import epsilon
@@ -172,3 +173,41 @@ def test_a_dp_study_reports_epsilon_per_site_and_a_site_stops_at_its_budget(tmp_
     assert plain["state"] == "failed" and "differential privacy" in plain["error"]
     assert budget.returncode == 0, budget.stderr
     assert f"{eps(2):.4g}" in budget.stdout and f"{2.5 - eps(2):.4g}" in budget.stdout
+
+
+def test_every_reply_that_left_a_site_is_in_its_signed_audit_log(consortium, tmp_path):
+    # Execute
+    status = consortium.run_study(study_spec(list(SITES), rounds=2))
+    consortium.close()  # stop the nodes so their logs are final
+
+    # Assert: each node's log verifies with its certificate and records every reply it sent
+    for site in SITES:
+        log = consortium.configs[site].parent / "cordiale-node-state" / "audit.jsonl"
+        report = verify(log, public_key_pem=consortium.kits[site].cert_pem)
+        assert report.ok, report.problem
+        replies = AuditLog(log).entries(action="task.reply", object_prefix=f"study/{status['id']}")
+        stages = sorted(e.object.rsplit("/", 1)[1] for e in replies)
+        assert stages == ["evaluate", "evaluate", "stats", "train", "train"]
+        assert all(e.payload_sha256 and e.payload_size for e in replies)
+        other = consortium.kits["oxford" if site != "oxford" else "pasteur"].cert_pem
+        assert not verify(log, public_key_pem=other).ok  # signed by this site's key only
+    hub_log = consortium.settings.home / "audit.jsonl"
+    hub_cert = (consortium.settings.ca_dir / "hub.pem").read_bytes()
+    assert verify(hub_log, public_key_pem=hub_cert).ok
+    actions = [e.action for e in AuditLog(hub_log).entries(object_prefix=f"study/{status['id']}")]
+    assert actions.count("study.submit") == 1 and actions.count("round.commit") == 3  # 0, 1, 2
+    assert actions.count("reply.accept") == 15 and actions[-1] == "study.finished"
+
+    # ... and the command line names the first bad entry of an edited log
+    lines = log.read_text().splitlines(keepends=True)
+    lines[2] = lines[2].replace('"task.reply"', '"task.replay"')
+    log.write_text("".join(lines))
+    kit = consortium.configs["pasteur"].parent / "kit.toml"
+    proc = subprocess.run(
+        [sys.executable, "-m", "cordiale", "audit", "verify", "--log", str(log), "--kit", str(kit)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+    assert proc.returncode == 1 and "entry 2" in proc.stdout

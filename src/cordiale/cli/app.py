@@ -8,7 +8,7 @@ import typer
 from rich.console import Console
 
 from cordiale import __version__
-from cordiale.cli import consortium, datasets, demo, services, simulate, study
+from cordiale.cli import audit, consortium, datasets, demo, services, simulate, study
 from cordiale.core.errors import CordialeError
 
 __all__ = ["app", "main"]
@@ -29,6 +29,7 @@ app.add_typer(consortium.researcher_app, name="researcher")
 app.add_typer(services.hub_app, name="hub")
 app.add_typer(services.node_app, name="node")
 app.add_typer(study.study_app, name="study")
+app.add_typer(audit.audit_app, name="audit")
 
 
 @app.command("version")
@@ -39,7 +40,9 @@ def version_command() -> None:
 
 def main() -> None:
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)  # click returns typer.Exit's code in this mode
+        if isinstance(code, int) and code != 0:
+            sys.exit(code)
     except CordialeError as e:
         console = Console(stderr=True, soft_wrap=True)
         console.print("[bold red]error:[/] ", end="")

@@ -15,7 +15,7 @@ from sqlalchemy.exc import IntegrityError
 from cordiale.core.errors import ConfigError
 from cordiale.crypto.pki import CertificateAuthority, EnrolmentKit, hash_token, new_token
 from cordiale.hub.db import Database, ResearcherRow, SiteRow, utcnow
-from cordiale.hub.settings import HubSettings
+from cordiale.hub.settings import HubSettings, hub_audit_log
 
 __all__ = ["add_researcher", "add_site", "init_consortium", "revoke_site"]
 
@@ -31,6 +31,9 @@ def init_consortium(settings: HubSettings, consortium: str, hub_hosts: list[str]
     settings.home.mkdir(parents=True, exist_ok=True)
     CertificateAuthority.init(settings.ca_dir, consortium, hub_hosts=hub_hosts)
     _db(settings).dispose()
+    hub_audit_log(settings).append(
+        actor="admin", action="consortium.init", object=f"consortium/{consortium}"
+    )
     return settings.ca_dir
 
 
@@ -54,6 +57,12 @@ def add_site(
     finally:
         db.dispose()
     kit.write(out)
+    hub_audit_log(settings).append(
+        actor="admin",
+        action="site.add",
+        object=f"site/{site_id}",
+        details={"serial": f"{serial:x}"},
+    )
     return kit
 
 
@@ -69,6 +78,7 @@ def revoke_site(settings: HubSettings, site_id: str) -> None:
             row.revoked = True
     finally:
         db.dispose()
+    hub_audit_log(settings).append(actor="admin", action="site.revoke", object=f"site/{site_id}")
 
 
 def add_researcher(settings: HubSettings, name: str, org: str, *, days: int = 90) -> str:
@@ -91,4 +101,7 @@ def add_researcher(settings: HubSettings, name: str, org: str, *, days: int = 90
         raise ConfigError(f"researcher {name!r} already exists") from None
     finally:
         db.dispose()
+    hub_audit_log(settings).append(
+        actor="admin", action="researcher.add", object=f"researcher/{name}", details={"org": org}
+    )
     return token

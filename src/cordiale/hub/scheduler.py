@@ -25,6 +25,7 @@ from typing import Any
 from cordiale.core.errors import CordialeError, ProtocolError, TransportError
 from cordiale.core.jsonsafe import finite
 from cordiale.core.messages import Message
+from cordiale.governance.audit import AuditLog
 from cordiale.hub.checkpoints import load_checkpoint, save_checkpoint
 from cordiale.hub.db import Database, RoundRow, StudyRow, TaskRow, utcnow
 from cordiale.hub.mailbox import HubTransport, Mailbox
@@ -45,6 +46,7 @@ class StudyRunner(threading.Thread):
         *,
         db: Database,
         mailbox: Mailbox,
+        audit: AuditLog,
         study_dir: Path,
         online: Callable[[list[str]], list[str]],
         stop: threading.Event,
@@ -56,6 +58,7 @@ class StudyRunner(threading.Thread):
         self.study_id = study_id
         self._db = db
         self._mailbox = mailbox
+        self._audit = audit
         self._dir = study_dir
         self._online = online
         self._halt = stop
@@ -65,6 +68,13 @@ class StudyRunner(threading.Thread):
 
     # -- bookkeeping -----------------------------------------------------------------------
     def _set(self, **values: Any) -> None:
+        if "state" in values:
+            self._audit.append(
+                actor="hub",
+                action=f"study.{values['state']}",
+                object=f"study/{self.study_id}",
+                details={"error": values.get("error")},
+            )
         with self._db.session() as s:
             row = s.get(StudyRow, self.study_id)
             assert row is not None
@@ -86,8 +96,17 @@ class StudyRunner(threading.Thread):
                 for m in messages
             )
 
-    def _commit_round(self, record: RoundRecord, fed: Federation) -> None:
+    def _commit_round(
+        self, record: RoundRecord, fed: Federation, *, setup: dict[str, Any] | None = None
+    ) -> None:
         name = save_checkpoint(self._dir, record.round, fed.checkpoint())
+        self._audit.append(
+            actor="hub",
+            action="round.commit",
+            object=f"study/{self.study_id}/round/{record.round}",
+            payload=(self._dir / name).read_bytes(),
+            details={"sites": len(record.nodes), "failures": len(record.failures)},
+        )
         with self._db.session() as s:  # the commit point of the round
             s.add(
                 RoundRow(
@@ -112,6 +131,8 @@ class StudyRunner(threading.Thread):
             row = s.get(StudyRow, self.study_id)
             assert row is not None
             row.rounds_done = record.round
+            if setup is not None:
+                row.setup = setup
             row.updated_at = utcnow()
 
     def _restore(self, fed: Federation, rounds_done: int, setup: dict[str, Any]) -> None:
@@ -173,24 +194,9 @@ class StudyRunner(threading.Thread):
             self._set(state="running")
             fed.setup()
             setup = {"node_examples": fed.node_examples}
-            name = save_checkpoint(self._dir, 0, fed.checkpoint())
-            with self._db.session() as s:
-                s.add(
-                    RoundRow(
-                        study_id=self.study_id,
-                        round=0,
-                        nodes=sorted(fed.node_examples),
-                        failures={},
-                        train_loss=0.0,  # round 0 is the initial model: no training
-                        seconds=0.0,
-                        evaluation=None,
-                        checkpoint=name,
-                    )
-                )
-                row = s.get(StudyRow, self.study_id)
-                assert row is not None
-                row.setup = setup
-                row.updated_at = utcnow()
+            # round 0: the initial model and the sites' example counts, committed together
+            initial = RoundRecord(0, sorted(fed.node_examples), train_loss=0.0, seconds=0.0)
+            self._commit_round(initial, fed, setup=setup)
         else:
             self._set(state="running")
             self._restore(fed, rounds_done, setup)

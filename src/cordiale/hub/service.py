@@ -12,6 +12,7 @@ The hub's home directory holds ``ca/`` (the consortium CA, created by ``cordiale
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import threading
 import time
@@ -36,7 +37,7 @@ from cordiale.hub.checkpoints import load_checkpoint
 from cordiale.hub.db import Database, ResearcherRow, RoundRow, SiteRow, StudyRow, TaskRow, utcnow
 from cordiale.hub.mailbox import Mailbox
 from cordiale.hub.scheduler import StudyRunner
-from cordiale.hub.settings import HubSettings
+from cordiale.hub.settings import HubSettings, hub_audit_log
 from cordiale.learn.study import StudySpec
 
 __all__ = ["Hub", "HubSettings"]
@@ -54,6 +55,7 @@ class Hub:
         self.db.migrate()
         self.limits = DecodeLimits(max_bytes=settings.max_upload_bytes)
         self.mailbox = Mailbox(on_state=self._task_state)
+        self.audit = hub_audit_log(settings)
         self.stop_event = threading.Event()
         self._last_seen: dict[str, float] = {}
         self._runners: dict[str, StudyRunner] = {}
@@ -85,6 +87,7 @@ class Hub:
                 study_id,
                 db=self.db,
                 mailbox=self.mailbox,
+                audit=self.audit,
                 study_dir=self.settings.home / "studies" / study_id,
                 online=self.online,
                 stop=self.stop_event,
@@ -181,6 +184,14 @@ class Hub:
             raise ProtocolError(
                 f"task {env.reply_to} is not pending for {site!r} (expired or never sent)"
             )
+        if outcome == "accepted":
+            self.audit.append(
+                actor=f"site:{site}",
+                action="reply.accept",
+                object=f"study/{env.study_id}/round/{env.round}/{env.stage}",
+                payload=data,
+                details={"task": env.reply_to},
+            )
         return outcome
 
     def _task_state(self, message_id: str, state: str, error: str | None) -> None:
@@ -200,6 +211,13 @@ class Hub:
         if unknown:
             raise ConfigError(f"the study names sites that are not admitted: {', '.join(unknown)}")
         study_id = uuid.uuid4().hex[:12]
+        self.audit.append(
+            actor=f"researcher:{owner}",
+            action="study.submit",
+            object=f"study/{study_id}",
+            payload=json.dumps(spec.to_json(), sort_keys=True).encode(),
+            details={"name": spec.study.name, "sites": len(spec.study.sites)},
+        )
         with self.db.session() as s:
             s.add(
                 StudyRow(
@@ -333,6 +351,12 @@ class Hub:
                 raise NotFoundError(f"study {study_id!r} has no committed round yet")
             path = self.settings.home / "studies" / study_id / last.checkpoint
         load_checkpoint(path)  # refuses a corrupt file rather than serving it
+        self.audit.append(
+            actor=f"researcher:{owner}",
+            action="model.fetch",
+            object=f"study/{study_id}/round/{last.round}",
+            payload=path.read_bytes(),
+        )
         return path
 
 

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-__all__ = ["HubSettings"]
+if TYPE_CHECKING:
+    from cordiale.governance.audit import AuditLog
+
+__all__ = ["HubSettings", "hub_audit_log"]
 
 
 @dataclass(frozen=True)
@@ -25,3 +29,11 @@ class HubSettings:
     @property
     def ca_dir(self) -> Path:
         return self.home / "ca"
+
+
+def hub_audit_log(settings: HubSettings) -> AuditLog:
+    """The hub's audit log (``HOME/audit.jsonl``), signed with the hub's TLS key."""
+    from cordiale.governance.audit import AuditLog
+
+    key = (settings.ca_dir / "hub.key").read_bytes()
+    return AuditLog(settings.home / "audit.jsonl", signing_key_pem=key)

@@ -22,17 +22,19 @@ from typing import Any
 
 import httpx
 
-from cordiale.core.codec import DecodeLimits
-from cordiale.core.errors import AuthenticationError, TransportError
+from cordiale.core.codec import DecodeLimits, decode_message
+from cordiale.core.errors import AuthenticationError, TransportError, WireError
 from cordiale.crypto.pki import EnrolmentKit, client_ssl_context
+from cordiale.governance.audit import AuditLog
 from cordiale.node.config import NodeConfig, SiteData
 from cordiale.node.runtime import NodeRuntime
 
-__all__ = ["NodeAgent"]
+__all__ = ["AUDIT_FILE", "NodeAgent"]
 
 log = logging.getLogger(__name__)
 
 WIRE_TYPE = "application/vnd.cordiale.message"
+AUDIT_FILE = "audit.jsonl"
 
 
 class NodeAgent:
@@ -57,6 +59,8 @@ class NodeAgent:
         self.runtime = NodeRuntime(
             self.site, self.data.resolve, limits=limits, privacy=config.privacy_keeper()
         )
+        # what leaves this site is recorded, signed with the node key, before it leaves
+        self.audit = AuditLog(config.node.state_dir / AUDIT_FILE, signing_key_pem=kit.key_pem)
         self.poll_wait = poll_wait
         self.heartbeat_every = heartbeat_every
         self.max_backoff = max_backoff
@@ -114,7 +118,15 @@ class NodeAgent:
         while not self._stop.is_set():
             try:
                 with self._client() as client:
-                    self._check(client.post("/v1/node/hello", json={"datasets": datasets}))
+                    hello = json.dumps({"datasets": datasets}).encode()
+                    self._record("node.hello", "hub", hello, {"datasets": len(datasets)})
+                    self._check(
+                        client.post(
+                            "/v1/node/hello",
+                            content=hello,
+                            headers={"content-type": "application/json"},
+                        )
+                    )
                     self._on_event(f"{self.site}: connected to {self.hub_url}")
                     backoff = 0.25
                     self._serve(client)
@@ -137,6 +149,7 @@ class NodeAgent:
                 continue
             with self._heartbeats(client):
                 reply = self.runtime.handle_bytes(response.content)
+            self._record_reply(response.headers.get("x-cordiale-message-id", ""), reply)
             answer = client.post(
                 "/v1/node/replies", content=reply, headers={"content-type": WIRE_TYPE}
             )
@@ -145,6 +158,21 @@ class NodeAgent:
                 continue
             self._check(answer)
             self.tasks_done += 1
+
+    def _record(
+        self, action: str, obj: str, payload: bytes, details: dict[str, str | int | float]
+    ) -> None:
+        self.audit.append(
+            actor=f"site:{self.site}", action=action, object=obj, payload=payload, details=details
+        )
+
+    def _record_reply(self, task_id: str, reply: bytes) -> None:
+        try:
+            env = decode_message(reply).envelope  # our own bytes: only the envelope is read
+            obj = f"study/{env.study_id}/round/{env.round}/{env.stage}"
+        except WireError:
+            obj = "unknown"
+        self._record("task.reply", obj, reply, {"task": task_id})
 
 
 def _detail(response: httpx.Response) -> str:
