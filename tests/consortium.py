@@ -57,11 +57,14 @@ class LocalConsortium:
         *,
         db_url: str | None = None,
         sites: dict[str, str] = SITES,
+        hub_country: str = "FR",
         **settings: Any,
     ) -> None:
         self.root = root
         self.settings = HubSettings(home=root / "hub", db_url=db_url, **settings)
-        init_consortium(self.settings, "uk-fr-alliance", ["127.0.0.1", "localhost"])
+        init_consortium(
+            self.settings, "uk-fr-alliance", ["127.0.0.1", "localhost"], hub_country=hub_country
+        )
         self.ca = CertificateAuthority.load(self.settings.ca_dir)
         self.sock = bind("127.0.0.1", 0)
         self.url = f"https://127.0.0.1:{self.sock.getsockname()[1]}"

@@ -211,3 +211,51 @@ def test_every_reply_that_left_a_site_is_in_its_signed_audit_log(consortium, tmp
         env={**os.environ, "COLUMNS": "200"},
     )
     assert proc.returncode == 1 and "entry 2" in proc.stdout
+
+
+def test_site_policies_refuse_by_rule_and_a_custodian_can_check_in_advance(tmp_path):
+    # Prepare: the hub runs in FR; oxford allows results to flow to GB only, pasteur only to
+    # studies of researchers from paris-cite; paris-cite allows everything.
+    c = LocalConsortium(tmp_path, hub_country="FR")
+    policies = {
+        "oxford": '[policy]\njurisdictions = ["GB"]\n',
+        "pasteur": '[policy]\nresearcher_orgs = ["paris-cite"]\npurposes = ["research"]\n',
+    }
+    for site, text in policies.items():
+        d = c.configs[site].parent
+        (d / "policy.toml").write_text(text)
+        c.configs[site].write_text(
+            tomli_w.dumps(
+                {
+                    "node": {"policy": "policy.toml"},
+                    "datasets": [{"name": "pima", "path": "data.csv"}],
+                }
+            )
+        )
+    c.start_hub()
+    for site in SITES:
+        c.start_node(site)
+    study = tmp_path / "study.toml"
+    study.write_text(tomli_w.dumps(study_spec(list(SITES), rounds=1)))
+    try:
+        status = c.run_study(study_spec(list(SITES), rounds=1))
+    finally:
+        c.close()
+    check = subprocess.run(
+        [
+            *(sys.executable, "-m", "cordiale", "node", "policy", "check", str(study)),
+            *("--config", str(c.configs["oxford"]), "--hub-country", "FR"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+
+    # Assert: the study fails at setup; each refusal names its rule; the check foresaw it.
+    assert status["state"] == "failed"
+    oxford, pasteur = status["sites"]["oxford"]["error"], status["sites"]["pasteur"]["error"]
+    assert "PolicyRefusal" in oxford and "jurisdictions" in oxford and "FR" in oxford
+    assert "researcher_orgs" in pasteur and "'oxford'" in pasteur
+    assert status["sites"]["paris-cite"]["task"] == "answered"
+    assert check.returncode == 1 and "jurisdictions" in check.stdout, check.stdout + check.stderr

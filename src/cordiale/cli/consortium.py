@@ -61,12 +61,15 @@ def ca_init(
         list[str] | None,
         typer.Option(help="Host names/IPs in the hub's TLS certificate (repeatable)."),
     ] = None,
+    hub_country: Annotated[
+        str, typer.Option(help="ISO 3166 country the hub runs in (site policies check it).")
+    ] = "ZZ",
     home: Home = DEFAULT_HOME,
     db: Db = None,
 ) -> None:
     """Create the consortium CA, the hub's TLS certificate and the hub database."""
     hosts = hub_host or ["127.0.0.1", "localhost"]
-    ca_dir = init_consortium(hub_settings(home, db), consortium, hosts)
+    ca_dir = init_consortium(hub_settings(home, db), consortium, hosts, hub_country=hub_country)
     (home / HUB_FILE).write_text(json.dumps({"url": hub_url}))
     Console().print(f"consortium [bold]{consortium}[/]: CA in {ca_dir}, hub URL {hub_url}")
 

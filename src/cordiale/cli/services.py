@@ -138,3 +138,62 @@ def node_budget(
                 c.charged_at[:19], c.study_id, c.task_id, f"{c.epsilon:.4g}", f"{c.delta:.2g}"
             )
         console.print(charges)
+
+
+@node_app.command("policy")
+def node_policy(
+    action: Annotated[str, typer.Argument(help="'check'.")],
+    study: Annotated[Path, typer.Argument(help="Study spec (TOML) to check.")],
+    config: Annotated[Path, typer.Option(help="node.toml (names policy.toml and the data).")],
+    site: Annotated[str, typer.Option(help="This site's id (as in its kit).")] = "this-site",
+    hub_country: Annotated[
+        str | None, typer.Option(help="The hub's country (ISO 3166) if known.")
+    ] = None,
+    owner_org: Annotated[
+        str | None, typer.Option(help="The organisation of the study's owner, if known.")
+    ] = None,
+) -> None:
+    """Tell a custodian, in advance, what this node would do with a study."""
+    from cordiale.core.errors import ConfigError
+    from cordiale.core.records import ConfigRecord
+    from cordiale.governance.policy import TaskFacts
+    from cordiale.learn.dp import release_epsilon
+    from cordiale.learn.study import StudySpec
+    from cordiale.node.config import NodeConfig, SiteData
+
+    if action != "check":
+        raise ConfigError(f"unknown policy action {action!r}; use: cordiale node policy check")
+    spec = StudySpec.load(study)
+    node = NodeConfig.load(config)
+    policy = node.site_policy()
+    console = Console()
+    if policy is None:
+        console.print("no policy file in node.toml ([node] policy): every study is allowed")
+        return
+    fed = spec.federation_config("check")
+    cfg = ConfigRecord(dict(fed.task_context))
+    extra = fed.dp.to_config(spec.study.rounds, spec.study.min_sites) if fed.dp else {}
+    for k, v in [*fed.train.to_config().items(), *extra.items()]:
+        cfg[k] = v
+    dataset = SiteData(site, node).resolve("check", cfg)  # the data must meet the contract too
+    dp = spec.privacy.dp if spec.privacy.dp != "none" else None
+    facts = TaskFacts(
+        stage="secagg" if spec.privacy.secure_aggregation else "train",
+        category=spec.study.category,
+        owner_org=owner_org,
+        hub_country=hub_country,
+        cohort=dataset.num_train,
+        secure_aggregation=spec.privacy.secure_aggregation,
+        dp=dp,
+        planned_epsilon=(
+            release_epsilon(cfg, spec.study.rounds, num_examples=dataset.num_train) if dp else None
+        ),
+    )
+    problems = policy.violations(facts)
+    if not problems:
+        console.print(f"[green]allowed[/]: this node would run {spec.study.name!r}")
+        return
+    console.print(f"[red]refused[/]: {len(problems)} rule(s) of this site's policy:")
+    for p in problems:
+        console.print(f"  - {p}", highlight=False)
+    raise typer.Exit(1)

@@ -71,6 +71,7 @@ __all__ = [
     "hash_token",
     "identity_of",
     "new_token",
+    "peer_identity",
     "server_ssl_context",
     "token_matches",
     "verify_issued_by",
@@ -157,16 +158,19 @@ class CertificateAuthority:
         consortium: str,
         *,
         hub_hosts: Sequence[str] = ("127.0.0.1", "localhost"),
+        hub_country: str = HUB_COUNTRY,
         valid_days: int = 3650,
     ) -> CertificateAuthority:
         """Create a new CA in ``directory``: CA key and certificate, hub certificate, empty CRL.
 
         ``hub_hosts`` are the names and IP addresses the hub is reached at; they go into the hub
-        certificate's subject alternative names, which clients check. Refuses a directory that
-        already holds a CA.
+        certificate's subject alternative names, which clients check. ``hub_country`` (ISO
+        3166) is where the hub runs: sites' policies decide whether results may flow there.
+        Refuses a directory that already holds a CA.
         """
         directory = Path(directory)
         _check_consortium(consortium)
+        _check_country(hub_country)
         _check_days(valid_days)
         hosts = _parse_hosts(hub_hosts)
         if directory.exists() and not directory.is_dir():
@@ -219,7 +223,7 @@ class CertificateAuthority:
 
         hub = ca._issue(
             site_id=HUB_SITE_ID,
-            country=HUB_COUNTRY,
+            country=hub_country,
             role="hub",
             usage=ExtendedKeyUsageOID.SERVER_AUTH,
             valid_days=valid_days,
@@ -845,3 +849,26 @@ def _write(path: Path, data: bytes, mode: int) -> None:
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
+
+
+def peer_identity(url: str, context: ssl.SSLContext, *, timeout: float = 10.0) -> Identity:
+    """The identity in the certificate of the TLS server at ``url`` (verified by ``context``).
+
+    A node uses it to learn the hub's country from the hub's own certificate, not from its word.
+    """
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    host, port = parts.hostname or "", parts.port or 443
+    try:
+        with (
+            socket.create_connection((host, port), timeout=timeout) as raw,
+            context.wrap_socket(raw, server_hostname=host) as tls,
+        ):
+            der = tls.getpeercert(binary_form=True)
+    except (OSError, ssl.SSLError) as exc:
+        raise CryptoError(f"cannot read the certificate of {url}: {exc}") from None
+    if der is None:
+        raise CryptoError(f"{url} presented no certificate")
+    return identity_of(der)

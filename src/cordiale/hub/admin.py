@@ -26,10 +26,17 @@ def _db(settings: HubSettings) -> Database:
     return db
 
 
-def init_consortium(settings: HubSettings, consortium: str, hub_hosts: list[str]) -> Path:
-    """Create the CA (and the hub's TLS certificate) and the database; returns the CA dir."""
+def init_consortium(
+    settings: HubSettings, consortium: str, hub_hosts: list[str], *, hub_country: str = "ZZ"
+) -> Path:
+    """Create the CA (and the hub's TLS certificate) and the database; returns the CA dir.
+
+    ``hub_country`` (ISO 3166; ZZ: unspecified) goes into the hub's certificate, where nodes read
+    it to apply their sites' jurisdiction rules."""
     settings.home.mkdir(parents=True, exist_ok=True)
-    CertificateAuthority.init(settings.ca_dir, consortium, hub_hosts=hub_hosts)
+    CertificateAuthority.init(
+        settings.ca_dir, consortium, hub_hosts=hub_hosts, hub_country=hub_country
+    )
     _db(settings).dispose()
     hub_audit_log(settings).append(
         actor="admin", action="consortium.init", object=f"consortium/{consortium}"

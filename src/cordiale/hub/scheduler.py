@@ -19,6 +19,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ from cordiale.core.jsonsafe import finite
 from cordiale.core.messages import Message
 from cordiale.governance.audit import AuditLog
 from cordiale.hub.checkpoints import load_checkpoint, save_checkpoint
-from cordiale.hub.db import Database, RoundRow, StudyRow, TaskRow, utcnow
+from cordiale.hub.db import Database, ResearcherRow, RoundRow, StudyRow, TaskRow, utcnow
 from cordiale.hub.mailbox import HubTransport, Mailbox
 from cordiale.learn.federation import Federation, RoundRecord
 from cordiale.learn.study import StudySpec
@@ -180,6 +181,8 @@ class StudyRunner(threading.Thread):
             assert row is not None
             spec = StudySpec.parse(row.spec)
             rounds_done, setup = row.rounds_done, row.setup
+            owner = s.get(ResearcherRow, row.owner)
+            who = {"study.owner": row.owner, "study.owner_org": owner.org if owner else ""}
         sites, minimum = spec.study.sites, spec.study.min_sites
         transport = HubTransport(
             self._mailbox,
@@ -188,7 +191,9 @@ class StudyRunner(threading.Thread):
             on_post=self._record_tasks,
             on_state=self._on_state,
         )
-        fed = Federation(spec.federation_config(self.study_id), spec.strategy_object(), transport)
+        config = spec.federation_config(self.study_id)
+        config = replace(config, task_context={**config.task_context, **who})  # for site policies
+        fed = Federation(config, spec.strategy_object(), transport)
         self._wait_for_sites(sites, minimum, self._start_timeout)
         if setup is None:
             self._set(state="running")

@@ -58,6 +58,8 @@ class _Section(BaseModel):
 class StudySection(_Section):
     name: str = Field(min_length=1, max_length=200)
     purpose: str = Field(min_length=1, max_length=2000)
+    # a purpose code that site policies match, e.g. research:metabolic
+    category: str = Field(default="research", pattern=r"^[a-z][a-z0-9-]*(:[a-z0-9-]+)*$")
     sites: list[str] = Field(min_length=1)
     min_sites: int = Field(default=1, ge=1)
     rounds: int = Field(ge=1, le=10_000)
@@ -254,4 +256,5 @@ def task_context(spec: StudySpec) -> dict[str, str | float | int]:
         "data.contract": spec.data.contract.model_dump_json(),
         "data.test_fraction": spec.data.test_fraction,
         "study.seed": spec.study.seed,
+        "study.category": spec.study.category,
     }

@@ -23,8 +23,8 @@ from typing import Any
 import httpx
 
 from cordiale.core.codec import DecodeLimits, decode_message
-from cordiale.core.errors import AuthenticationError, TransportError, WireError
-from cordiale.crypto.pki import EnrolmentKit, client_ssl_context
+from cordiale.core.errors import AuthenticationError, CryptoError, TransportError, WireError
+from cordiale.crypto.pki import EnrolmentKit, client_ssl_context, peer_identity
 from cordiale.governance.audit import AuditLog
 from cordiale.node.config import NodeConfig, SiteData
 from cordiale.node.runtime import NodeRuntime
@@ -57,7 +57,11 @@ class NodeAgent:
         self.hub_url = (hub_url or kit.hub_url).rstrip("/")
         self.data = SiteData(self.site, config)
         self.runtime = NodeRuntime(
-            self.site, self.data.resolve, limits=limits, privacy=config.privacy_keeper()
+            self.site,
+            self.data.resolve,
+            limits=limits,
+            privacy=config.privacy_keeper(),
+            policy=config.site_policy(),
         )
         # what leaves this site is recorded, signed with the node key, before it leaves
         self.audit = AuditLog(config.node.state_dir / AUDIT_FILE, signing_key_pem=kit.key_pem)
@@ -118,6 +122,8 @@ class NodeAgent:
         while not self._stop.is_set():
             try:
                 with self._client() as client:
+                    # where results go, from the hub's own certificate (site policies use it)
+                    self.runtime.hub_country = peer_identity(self.hub_url, self._ssl).country
                     hello = json.dumps({"datasets": datasets}).encode()
                     self._record("node.hello", "hub", hello, {"datasets": len(datasets)})
                     self._check(
@@ -132,7 +138,7 @@ class NodeAgent:
                     self._serve(client)
             except AuthenticationError:
                 raise  # a revoked or unknown certificate will not get better by retrying
-            except (httpx.HTTPError, TransportError) as e:
+            except (httpx.HTTPError, TransportError, CryptoError) as e:
                 if self._stop.is_set():
                     break
                 delay = min(self.max_backoff, backoff) * (0.5 + random.random() / 2)

@@ -3,7 +3,8 @@
 Example::
 
     [node]
-    state_dir = "state"                 # the privacy ledger (default: cordiale-node-state)
+    state_dir = "state"                 # ledger and audit log (default: cordiale-node-state)
+    policy = "policy.toml"              # optional: what this site allows
 
     [[datasets]]
     name = "pima"                       # the name studies ask for
@@ -34,6 +35,7 @@ from cordiale.core.records import ConfigRecord
 from cordiale.data.contract import DataContract
 from cordiale.data.local import LocalDataset, build_site_dataset
 from cordiale.data.tabular import read_table
+from cordiale.governance.policy import SitePolicy
 from cordiale.learn.tasks import derive_seed
 from cordiale.node.privacy import PrivacyKeeper
 
@@ -55,7 +57,8 @@ class DatasetEntry(BaseModel):
 class NodeSection(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    state_dir: Path = Path("cordiale-node-state")  # the privacy ledger lives here
+    state_dir: Path = Path("cordiale-node-state")  # the privacy ledger and audit log live here
+    policy: Path | None = None  # policy.toml: what this site allows (see governance.policy)
 
 
 class NodeConfig(BaseModel):
@@ -100,8 +103,16 @@ class NodeConfig(BaseModel):
             raise ConfigError(f"node config {path} names files that do not exist: {missing}")
         if len(set(names)) != len(names):
             raise ConfigError(f"node config {path} registers a dataset name twice: {names}")
-        state = NodeSection(state_dir=(base / config.node.state_dir).resolve())
+        policy = None if config.node.policy is None else (base / config.node.policy).resolve()
+        if policy is not None and not policy.is_file():
+            raise ConfigError(
+                f"node config {path} names a policy file that does not exist: {policy}"
+            )
+        state = NodeSection(state_dir=(base / config.node.state_dir).resolve(), policy=policy)
         return cls(node=state, datasets=entries)
+
+    def site_policy(self) -> SitePolicy | None:
+        return None if self.node.policy is None else SitePolicy.load(self.node.policy)
 
     def privacy_keeper(self) -> PrivacyKeeper:
         """The node's ledger (in ``state_dir``), with the budgets this file sets."""

@@ -16,6 +16,8 @@ from cordiale.core.errors import CordialeError, ProtocolError, WireError
 from cordiale.core.messages import Content, Envelope, ErrorInfo, Message, ReplayGuard
 from cordiale.core.records import ConfigRecord
 from cordiale.data.local import LocalDataset
+from cordiale.governance.policy import SitePolicy, TaskFacts
+from cordiale.learn.dp import release_epsilon
 from cordiale.learn.secagg_wire import STEPS, step_of
 from cordiale.learn.secure_aggregation import run_secagg
 from cordiale.learn.tasks import NodeState, run_evaluate, run_stats, run_train
@@ -43,9 +45,12 @@ class NodeRuntime:
         *,
         limits: DecodeLimits | None = None,
         privacy: PrivacyKeeper | None = None,
+        policy: SitePolicy | None = None,
     ) -> None:
         self.node_id = node_id
         self.privacy = privacy or PrivacyKeeper()
+        self.policy = policy
+        self.hub_country: str | None = None  # from the hub's certificate, set by the agent
         self._resolve: DatasetResolver = (
             (lambda _study, _config: dataset) if isinstance(dataset, LocalDataset) else dataset
         )
@@ -95,6 +100,8 @@ class NodeRuntime:
         if stage not in ("stats", "train", "evaluate", "secagg"):
             raise ProtocolError(f"this node does not run stage {stage!r}")
         dataset = self._resolve(message.envelope.study_id, message.content.config)
+        if self.policy is not None:  # the site's rules, before any work
+            self.policy.check(_facts(message, dataset, self.hub_country))
         handlers: dict[str, Callable[[], Content]] = {
             "stats": lambda: run_stats(dataset, message.content),
             "train": lambda: run_train(
@@ -130,3 +137,22 @@ class NodeRuntime:
         if spent is not None:
             content.metrics["privacy.epsilon"], content.metrics["privacy.delta"] = spent
         return content
+
+
+def _facts(message: Message, dataset: LocalDataset, hub_country: str | None) -> TaskFacts:
+    cfg = message.content.config
+    dp = cfg.get_str("dp.mode", "") or None
+    planned = None
+    if dp is not None:
+        rounds = cfg.get_int("dp.rounds", 1)
+        planned = release_epsilon(cfg, rounds, num_examples=dataset.num_train)
+    return TaskFacts(
+        stage=message.envelope.stage,
+        category=cfg.get_str("study.category", "research"),
+        owner_org=cfg.get_str("study.owner_org", "") or None,
+        hub_country=hub_country,
+        cohort=dataset.num_train,
+        secure_aggregation=message.envelope.stage == "secagg",
+        dp=dp,
+        planned_epsilon=planned,
+    )
