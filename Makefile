@@ -33,6 +33,7 @@ bench: $(STAMP)
 	$(PY) bench/federated_vs_pooled.py
 	$(PY) bench/round_overhead.py
 	$(PY) bench/network_round.py
+	$(PY) bench/privacy_utility.py
 
 clean:
 	rm -rf $(VENV) demo-results .pytest_cache .hypothesis .ruff_cache

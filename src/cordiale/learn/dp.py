@@ -25,6 +25,8 @@ the hub chooses that seed and must not be able to predict (and subtract) the noi
 
 from __future__ import annotations
 
+import functools
+
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -134,12 +136,24 @@ def sample_level_noise(
     if "dp.noise_multiplier" in cfg:
         return cfg.get_float("dp.noise_multiplier", 0.0)
     q, steps_per_round = sample_rate_and_steps(num_examples, batch_size, epochs)
+    return _solve_noise(
+        cfg.get_float("dp.target_epsilon", 0.0),
+        cfg.get_float("dp.delta", 0.0),
+        q,
+        steps_per_round * cfg.get_int("dp.rounds", 1),
+        cfg.get_str("dp.accountant", "rdp"),
+    )
+
+
+@functools.lru_cache(maxsize=256)
+def _solve_noise(target: float, delta: float, q: float, steps: int, accountant: str) -> float:
+    """The accountant's search, once per parameter set (a node asks every round)."""
     return noise_multiplier_for(
-        target_epsilon=cfg.get_float("dp.target_epsilon", 0.0),
-        delta=cfg.get_float("dp.delta", 0.0),
+        target_epsilon=target,
+        delta=delta,
         sampling_rate=q,
-        steps=steps_per_round * cfg.get_int("dp.rounds", 1),
-        accountant=cfg.get_str("dp.accountant", "rdp"),  # type: ignore[arg-type]
+        steps=steps,
+        accountant=accountant,  # type: ignore[arg-type]
     )
 
 
