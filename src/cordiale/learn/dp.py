@@ -26,7 +26,6 @@ the hub chooses that seed and must not be able to predict (and subtract) the noi
 from __future__ import annotations
 
 import functools
-
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
