@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -115,6 +116,19 @@ class LocalConsortium:
         agent, thread = self.agents.pop(site)
         agent.stop()
         thread.join(timeout=10)
+
+    def start(self, sites: Iterable[str] = SITES) -> LocalConsortium:
+        """Start the hub and a node agent per site; use as ``with c.start(): ...``."""
+        self.start_hub()
+        for site in sites:
+            self.start_node(site)
+        return self
+
+    def __enter__(self) -> LocalConsortium:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def close(self) -> None:
         for site in list(self.agents):

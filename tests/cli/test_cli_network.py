@@ -56,9 +56,7 @@ def test_study_validate_lists_every_problem(tmp_path):
 
 def test_researcher_submits_follows_and_fetches_a_study(tmp_path):
     c = LocalConsortium(tmp_path / "consortium")
-    c.start_hub()
-    for site in SITES:
-        c.start_node(site)
+    c.start()
     creds = tmp_path / "alice.credentials.toml"
     c.credentials["alice"].write(creds)
     spec = tmp_path / "study.toml"

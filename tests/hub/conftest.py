@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from consortium import SITES, LocalConsortium
+from consortium import LocalConsortium
 from cordiale.hub.db import Database
 
 
@@ -27,24 +27,5 @@ def database(request, tmp_path):
 @pytest.fixture
 def consortium(tmp_path):
     """A consortium on loopback: hub over mutual TLS and three node agents, all running."""
-    c = LocalConsortium(tmp_path)
-    c.start_hub()
-    for site in SITES:
-        c.start_node(site)
-    try:
+    with LocalConsortium(tmp_path).start() as c:
         yield c
-    finally:
-        c.close()
-
-
-@pytest.fixture(scope="module")
-def shared_consortium(tmp_path_factory):
-    """One running consortium for a module of read-mostly tests (access, uploads)."""
-    c = LocalConsortium(tmp_path_factory.mktemp("consortium"))
-    c.start_hub()
-    for site in SITES:
-        c.start_node(site)
-    try:
-        yield c
-    finally:
-        c.close()

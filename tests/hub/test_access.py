@@ -15,7 +15,7 @@ import httpx
 import numpy as np
 import pytest
 
-from consortium import SITES, LocalConsortium, study_spec, wait_until
+from consortium import LocalConsortium, study_spec, wait_until
 from cordiale.core.codec import encode_message
 from cordiale.core.messages import Content, Envelope, Message
 from cordiale.core.records import ArrayRecord
@@ -36,13 +36,8 @@ def c(tmp_path_factory):
     path = consortium.root / "imperial.kit"
     add_site(consortium.settings, "imperial", "GB", consortium.url, path)
     consortium.kits["imperial"] = EnrolmentKit.read(path)
-    consortium.start_hub()
-    for site in SITES:
-        consortium.start_node(site)
-    try:
+    with consortium.start():
         yield consortium
-    finally:
-        consortium.close()
 
 
 @pytest.fixture(scope="module")

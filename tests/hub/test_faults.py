@@ -125,27 +125,37 @@ def _victim(c: LocalConsortium, site: str) -> subprocess.Popen[bytes]:
     return proc
 
 
-def test_a_node_killed_mid_study_is_dropped_at_the_round_timeout(tmp_path):
-    # Prepare: pasteur runs as a process; the study needs only two sites per round.
-    c = LocalConsortium(tmp_path, offline_after=3.0)
-    c.start_hub()
-    c.start_node("oxford")
-    c.start_node("paris-cite")
-    victim = _victim(c, "pasteur")
-    try:
-        spec = study_spec(list(SITES), rounds=4, min_sites=2, round_timeout=3.0)
-        with c.client() as client:
-            study_id = client.submit(StudySpec.parse(spec))
-            wait_until(lambda: client.status(study_id)["rounds_done"] >= 1, timeout=120)
-
-            # Execute
-            victim.send_signal(signal.SIGKILL)
+def _kill_pasteur_after_round_1(
+    tmp_path: Path, *, min_sites: int, rounds: int, timeout: float, restart: bool = False, **hub
+) -> dict:
+    """oxford and paris-cite as agents, pasteur as a process killed once round 1 is committed
+    (and, with ``restart``, started again a little later); returns the study's final status."""
+    with LocalConsortium(tmp_path, **hub).start(["oxford", "paris-cite"]) as c:
+        victim = _victim(c, "pasteur")
+        try:
+            spec = study_spec(
+                list(SITES), rounds=rounds, min_sites=min_sites, round_timeout=timeout
+            )
+            with c.client() as client:
+                study_id = client.submit(StudySpec.parse(spec))
+                wait_until(lambda: client.status(study_id)["rounds_done"] >= 1, timeout=120)
+                victim.send_signal(signal.SIGKILL)
+                victim.wait(timeout=10)
+                if restart:
+                    time.sleep(timeout + 1.0)  # at least one attempt fails without pasteur
+                    victim = _victim(c, "pasteur")
+                return client.wait(study_id, timeout=180)
+        finally:
+            victim.kill()
             victim.wait(timeout=10)
-            status = client.wait(study_id, timeout=120)
-    finally:
-        c.close()
 
-    # Assert: finished without pasteur after it died; its loss is on the record.
+
+def test_a_node_killed_mid_study_is_dropped_at_the_round_timeout(tmp_path):
+    status = _kill_pasteur_after_round_1(
+        tmp_path, min_sites=2, rounds=4, timeout=3.0, offline_after=3.0
+    )
+
+    # finished without pasteur after it died; its loss is on the record
     assert status["state"] == "finished", status["error"]
     last = status["history"][-1]
     assert last["nodes"] == 2
@@ -154,25 +164,15 @@ def test_a_node_killed_mid_study_is_dropped_at_the_round_timeout(tmp_path):
 
 
 def test_a_round_below_the_minimum_is_retried_and_completes_when_the_node_returns(tmp_path):
-    c = LocalConsortium(tmp_path, offline_after=3.0, round_retries=5)
-    c.start_hub()
-    c.start_node("oxford")
-    c.start_node("paris-cite")
-    victim = _victim(c, "pasteur")
-    try:
-        spec = study_spec(list(SITES), rounds=5, min_sites=3, round_timeout=3.0)
-        with c.client() as client:
-            study_id = client.submit(StudySpec.parse(spec))
-            wait_until(lambda: client.status(study_id)["rounds_done"] >= 1, timeout=120)
-            victim.send_signal(signal.SIGKILL)
-            victim.wait(timeout=10)
-            time.sleep(4.0)  # at least one attempt at the next round fails without pasteur
-            victim = _victim(c, "pasteur")
-            status = client.wait(study_id, timeout=180)
-    finally:
-        c.close()
-        victim.kill()
-        victim.wait(timeout=10)
+    status = _kill_pasteur_after_round_1(
+        tmp_path,
+        min_sites=3,
+        rounds=5,
+        timeout=3.0,
+        restart=True,
+        offline_after=3.0,
+        round_retries=5,
+    )
 
     assert status["state"] == "finished", status["error"]
     assert [r["round"] for r in status["history"]] == [1, 2, 3, 4, 5]
@@ -180,21 +180,9 @@ def test_a_round_below_the_minimum_is_retried_and_completes_when_the_node_return
 
 
 def test_a_round_that_never_reaches_the_minimum_fails_the_study_with_the_reason(tmp_path):
-    c = LocalConsortium(tmp_path, offline_after=2.0, round_retries=1)
-    c.start_hub()
-    c.start_node("oxford")
-    c.start_node("paris-cite")
-    victim = _victim(c, "pasteur")
-    try:
-        spec = study_spec(list(SITES), rounds=5, min_sites=3, round_timeout=2.0)
-        with c.client() as client:
-            study_id = client.submit(StudySpec.parse(spec))
-            wait_until(lambda: client.status(study_id)["rounds_done"] >= 1, timeout=120)
-            victim.send_signal(signal.SIGKILL)
-            victim.wait(timeout=10)
-            status = client.wait(study_id, timeout=60)
-    finally:
-        c.close()
+    status = _kill_pasteur_after_round_1(
+        tmp_path, min_sites=3, rounds=5, timeout=2.0, offline_after=2.0, round_retries=1
+    )
 
     assert status["state"] == "failed"
     assert "failed 2 times" in status["error"] and "pasteur" in status["error"]

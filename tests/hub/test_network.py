@@ -88,9 +88,7 @@ def test_study_fetch_writes_model_metrics_and_learning_curve(consortium, tmp_pat
 
 def test_the_hub_runs_on_postgresql(tmp_path, postgres_db_url):
     c = LocalConsortium(tmp_path, db_url=postgres_db_url)
-    c.start_hub()
-    for site in SITES:
-        c.start_node(site)
+    c.start()
     try:
         status = c.run_study(study_spec(list(SITES), rounds=2))
     finally:
@@ -141,9 +139,7 @@ def test_a_dp_study_reports_epsilon_per_site_and_a_site_stops_at_its_budget(tmp_
                 }
             )
         )
-    c.start_hub()
-    for site in SITES:
-        c.start_node(site)
+    c.start()
     spec = study_spec(list(SITES), rounds=4, min_sites=2)
     spec["privacy"] = {"dp": "client", "noise_multiplier": 3.0, "clip_norm": 0.5}
     try:
@@ -232,9 +228,7 @@ def test_site_policies_refuse_by_rule_and_a_custodian_can_check_in_advance(tmp_p
                 }
             )
         )
-    c.start_hub()
-    for site in SITES:
-        c.start_node(site)
+    c.start()
     study = tmp_path / "study.toml"
     study.write_text(tomli_w.dumps(study_spec(list(SITES), rounds=1)))
     try:

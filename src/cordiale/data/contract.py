@@ -11,7 +11,6 @@ Contracts are pydantic models, so they load from a study spec (TOML) or JSON unc
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 from typing import Literal
 
@@ -20,6 +19,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from cordiale.core.errors import ConfigError, ContractViolation
+from cordiale.core.tomlfile import read_toml, validation_problems
 
 __all__ = ["DataContract", "FieldSpec", "TargetSpec", "infer_contract"]
 
@@ -99,24 +99,15 @@ class DataContract(BaseModel):
 
     @classmethod
     def from_toml(cls, path: str | Path) -> DataContract:
-        p = Path(path)
-        try:
-            raw = tomllib.loads(p.read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"contract file {p} not found") from None
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"contract file {p} is not valid TOML: {e}") from None
-        return cls.parse(raw.get("contract", raw), source=str(p))
+        raw = read_toml(path, "contract file")
+        return cls.parse(raw.get("contract", raw), source=str(path))
 
     @classmethod
     def parse(cls, raw: object, *, source: str = "contract") -> DataContract:
         try:
             return cls.model_validate(raw)
         except ValidationError as e:
-            problems = "; ".join(
-                f"{'.'.join(str(x) for x in err['loc']) or 'contract'}: {err['msg']}"
-                for err in e.errors()
-            )
+            problems = "; ".join(validation_problems(e))
             raise ConfigError(f"{source} is not a valid data contract: {problems}") from None
 
     @property

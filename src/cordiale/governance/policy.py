@@ -20,13 +20,13 @@ runs the same evaluation offline. Pure: no I/O but reading the file.
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from cordiale.core.errors import ConfigError, PolicyRefusal
+from cordiale.core.tomlfile import read_toml, validation_problems
 
 __all__ = ["SitePolicy", "TaskFacts"]
 
@@ -61,19 +61,11 @@ class SitePolicy(BaseModel):
 
     @classmethod
     def load(cls, path: str | Path) -> SitePolicy:
-        path = Path(path)
-        try:
-            raw = tomllib.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ConfigError(f"policy file {path} does not exist") from None
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"policy file {path} is not valid TOML: {e}") from None
+        raw = read_toml(path, "policy file")
         try:
             return cls.model_validate(raw.get("policy", raw))
         except ValidationError as e:
-            problems = "; ".join(
-                f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors()
-            )
+            problems = "; ".join(validation_problems(e))
             raise ConfigError(f"policy file {path} is invalid: {problems}") from None
 
     def violations(self, t: TaskFacts) -> list[str]:

@@ -31,13 +31,13 @@ Example::
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from cordiale.core.errors import ConfigError
+from cordiale.core.tomlfile import read_toml, validation_problems
 from cordiale.data.contract import DataContract
 from cordiale.learn.dp import DPSettings
 from cordiale.learn.federation import FederationConfig
@@ -155,22 +155,11 @@ class StudySpec(_Section):
     def load(cls, path: str | Path) -> StudySpec:
         """Read and validate a study TOML file (a contract path is resolved beside it)."""
         path = Path(path)
-        try:
-            raw = tomllib.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ConfigError(f"study spec {path} does not exist") from None
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"study spec {path} is not valid TOML: {e}") from None
+        raw = read_toml(path, "study spec")
         contract = raw.get("data", {}).get("contract")
         if isinstance(contract, str):
-            cpath = (path.parent / contract).resolve()
-            try:
-                table = tomllib.loads(cpath.read_text(encoding="utf-8"))
-                raw["data"]["contract"] = table.get("contract", table)
-            except FileNotFoundError:
-                raise ConfigError(f"{path}: data.contract file {cpath} does not exist") from None
-            except tomllib.TOMLDecodeError as e:
-                raise ConfigError(f"{path}: data.contract {cpath} is not valid TOML: {e}") from None
+            table = read_toml((path.parent / contract).resolve(), f"{path}: data.contract file")
+            raw["data"]["contract"] = table.get("contract", table)
         return cls.parse(raw, source=str(path))
 
     @classmethod
@@ -179,10 +168,7 @@ class StudySpec(_Section):
         try:
             spec = cls.model_validate(raw)
         except ValidationError as e:
-            problems = [
-                f"  - {'.'.join(str(p) for p in err['loc']) or '(top)'}: {err['msg']}"
-                for err in e.errors()
-            ]
+            problems = [f"  - {p}" for p in validation_problems(e)]
             raise ConfigError(
                 f"{source} has {len(problems)} problem(s):\n" + "\n".join(problems)
             ) from None

@@ -23,7 +23,6 @@ simulation does (:func:`~cordiale.data.local.build_site_dataset`).
 from __future__ import annotations
 
 import threading
-import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from cordiale.core.errors import ConfigError
 from cordiale.core.records import ConfigRecord
+from cordiale.core.tomlfile import read_toml, validation_problems
 from cordiale.data.contract import DataContract
 from cordiale.data.local import LocalDataset, build_site_dataset
 from cordiale.data.tabular import read_table
@@ -71,18 +71,11 @@ class NodeConfig(BaseModel):
     def load(cls, path: str | Path) -> NodeConfig:
         """Read ``node.toml``; paths are resolved beside it and must exist."""
         path = Path(path)
-        try:
-            raw = tomllib.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ConfigError(f"node config {path} does not exist") from None
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"node config {path} is not valid TOML: {e}") from None
+        raw = read_toml(path, "node config")
         try:
             config = cls.model_validate(raw)
         except ValidationError as e:
-            problems = "\n".join(
-                f"  - {'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors()
-            )
+            problems = "\n".join(f"  - {p}" for p in validation_problems(e))
             raise ConfigError(f"node config {path} has problems:\n{problems}") from None
         base = path.parent
         entries = [
