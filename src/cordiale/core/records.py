@@ -86,6 +86,12 @@ class _Record(MutableMapping[str, V]):
 
     def __init__(self, items: Mapping[str, V] | Iterable[tuple[str, V]] | None = None) -> None:
         self._data: dict[str, V] = {}
+        if type(items) is type(self):  # already validated: copy (lists too, never shared)
+            self._data = {
+                k: list(v) if isinstance(v, list) else v  # type: ignore[misc]
+                for k, v in items._data.items()  # type: ignore[union-attr]
+            }
+            return
         pairs = items.items() if isinstance(items, Mapping) else (items or ())
         for k, v in pairs:
             self[k] = v
@@ -183,8 +189,8 @@ def _check_config_value(key: str, value: Any) -> ConfigValue:
                 f"config {key!r} must be a flat list of one scalar type; "
                 f"got {sorted(map(str, kinds))}"
             )
-        for x in items:
-            _check_config_value(key, x)
+        if kinds == {float} and not all(math.isfinite(x) for x in items):
+            raise ConfigError(f"config {key!r} must hold finite numbers")
         return items
     raise ConfigError(
         f"config {key!r} must be a bool, int, float, str or a list of them; got "

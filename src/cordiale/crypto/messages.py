@@ -18,6 +18,7 @@ The four stages (Bonawitz et al. 2017; SecAgg+ of Bell et al. 2020)::
 from __future__ import annotations
 
 import enum
+import functools
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
@@ -86,7 +87,7 @@ class SecAggConfig:
         if n < 2:
             raise CryptoError(f"secure aggregation needs at least 2 clients, got {n}")
         degree = n - 1 if self.degree is None else self.degree
-        graph = neighbour_graph(self.client_ids, degree, self.graph_seed)
+        graph, positions = _topology(self.client_ids, degree, self.graph_seed)
         smallest = min(len(v) for v in graph.values()) + 1
         largest = max(len(v) for v in graph.values()) + 1
         if largest > MAX_SHARES:
@@ -101,10 +102,6 @@ class SecAggConfig:
             )
         if self.vector_length < 1:
             raise CryptoError("vector_length is at least 1")
-        positions = {
-            owner: {holder: i + 1 for i, holder in enumerate(sorted(graph[owner] | {owner}))}
-            for owner in self.client_ids
-        }
         object.__setattr__(self, "_graph", graph)
         object.__setattr__(self, "_positions", positions)
 
@@ -285,3 +282,20 @@ class AggregateResult:
     round_id: int
     total: np.ndarray
     survivors: tuple[str, ...]
+
+
+@functools.lru_cache(maxsize=32)
+def _topology(
+    client_ids: tuple[str, ...], degree: int, seed: bytes
+) -> tuple[dict[str, frozenset[str]], dict[str, dict[str, int]]]:
+    """The round's graph and each neighbourhood's share positions, computed once per process.
+
+    A deployed node builds them once per round; in a simulation, hundreds of nodes share a
+    process and would otherwise each rebuild the whole graph. Callers only read the result.
+    """
+    graph = neighbour_graph(client_ids, degree, seed)
+    positions = {
+        owner: {holder: i + 1 for i, holder in enumerate(sorted(graph[owner] | {owner}))}
+        for owner in client_ids
+    }
+    return graph, positions
