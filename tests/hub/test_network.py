@@ -133,10 +133,7 @@ def test_a_dp_study_reports_epsilon_per_site_and_a_site_stops_at_its_budget(tmp_
     for site, budget in budgets.items():
         c.configs[site].write_text(
             tomli_w.dumps(
-                {
-                    "node": {"state_dir": "state"},
-                    "datasets": [{"name": "pima", "path": "data.csv", "budget_epsilon": budget}],
-                }
+                {"datasets": [{"name": "pima", "path": "data.csv", "budget_epsilon": budget}]}
             )
         )
     c.start()
@@ -253,3 +250,30 @@ def test_site_policies_refuse_by_rule_and_a_custodian_can_check_in_advance(tmp_p
     assert "researcher_orgs" in pasteur and "'oxford'" in pasteur
     assert status["sites"]["paris-cite"]["task"] == "answered"
     assert check.returncode == 1 and "jurisdictions" in check.stdout, check.stdout + check.stderr
+
+
+def test_a_site_whose_custodian_revoked_the_plan_runs_nothing(tmp_path):
+    # Prepare: oxford's custodian revokes the built-in plan with the command line.
+    c = LocalConsortium(tmp_path)
+    config = str(c.configs["oxford"])
+
+    def plans(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "cordiale", "node", "plans", *args, "--config", config],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, "COLUMNS": "200"},
+        )
+
+    revoke = plans("revoke", "builtin:tabular")
+    listing = plans("list")
+    with c.start():
+        status = c.run_study(study_spec(list(SITES), rounds=1))
+
+    # Assert: oxford refused at setup, before touching its rows; the others answered.
+    assert revoke.returncode == 0, revoke.stderr
+    assert "builtin:tabular" in listing.stdout and " no " in listing.stdout
+    assert status["state"] == "failed"
+    assert "not approved by this site's custodian" in status["sites"]["oxford"]["error"]
+    assert status["sites"]["paris-cite"]["task"] == "answered"

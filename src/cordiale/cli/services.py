@@ -197,3 +197,62 @@ def node_policy(
     for p in problems:
         console.print(f"  - {p}", highlight=False)
     raise typer.Exit(1)
+
+
+@node_app.command("plans")
+def node_plans(
+    action: Annotated[str, typer.Argument(help="list | show | approve | revoke")],
+    config: Annotated[Path, typer.Option(help="node.toml (its state_dir keeps the approvals).")],
+    plan: Annotated[
+        str, typer.Argument(help="builtin:tabular, or a hash (revoke)")
+    ] = "builtin:tabular",
+    by: Annotated[str, typer.Option(help="Who approves (recorded).")] = "custodian",
+) -> None:
+    """Review and approve the code this node may run on its data (pinned by SHA-256)."""
+    from rich.syntax import Syntax
+    from rich.table import Table
+
+    from cordiale.core.errors import ConfigError
+    from cordiale.governance.plans import BUILTIN_PLANS, builtin_plan
+    from cordiale.node.config import NodeConfig
+
+    approvals = NodeConfig.load(config).plan_approvals()
+    console = Console()
+    if action == "list":
+        approved = approvals.approved()
+        table = Table("plan", "sha256 (installed)", "approved", "by", "at")
+        for name in BUILTIN_PLANS:
+            p = builtin_plan(name)
+            entry = approved.get(p.sha256)
+            table.add_row(
+                p.name,
+                p.sha256[:16] + "...",
+                "[green]yes[/]" if entry else "[red]no[/]",
+                entry["by"] if entry else "-",
+                entry["approved_at"] if entry else "-",
+            )
+        stale = {
+            h: e
+            for h, e in approved.items()
+            if h not in {builtin_plan(n).sha256 for n in BUILTIN_PLANS}
+        }
+        for h, e in stale.items():
+            table.add_row(
+                e["name"], h[:16] + "...", "yes (not installed)", e["by"], e["approved_at"]
+            )
+        console.print(table)
+    elif action == "show":
+        p = builtin_plan(plan)
+        console.print(f"{p.name}  sha256 {p.sha256}")
+        console.print(Syntax(p.source, "python", line_numbers=True))
+    elif action == "approve":
+        p = builtin_plan(plan)
+        approvals.approve(p, by=by)
+        console.print(f"approved {p.name} {p.sha256}")
+    elif action == "revoke":
+        sha = builtin_plan(plan).sha256 if plan.startswith("builtin:") else plan
+        if not approvals.revoke(sha):
+            raise ConfigError(f"no approval for {plan} to revoke")
+        console.print(f"revoked {sha}")
+    else:
+        raise ConfigError(f"unknown action {action!r}; use list, show, approve or revoke")

@@ -30,6 +30,7 @@ from cordiale.core.errors import ConfigError, ProtocolError
 from cordiale.core.messages import Content, Envelope, Message, Stage
 from cordiale.core.records import ArrayRecord, ConfigRecord
 from cordiale.data.features import Standardizer, combine_stats
+from cordiale.governance.plans import builtin_plan
 from cordiale.learn.dp import ClientDP, DPSettings
 from cordiale.learn.metrics import ScoreHistogram, compute_metrics
 from cordiale.learn.models import ModelSpec, build_model, get_weights
@@ -190,6 +191,8 @@ class Federation:
         cfg["seed"] = derive_seed(self.config.seed, server_round, node)
         for k, v in self.config.task_context.items():
             cfg[k] = v
+        plan = builtin_plan("tabular")  # the node checks it runs this very code, and approved it
+        cfg["plan.name"], cfg["plan.sha256"] = plan.name, plan.sha256
         if self.config.dp is not None:
             dp = self.config.dp.to_config(self.config.rounds, self.strategy.min_fit_nodes)
             for k, v in dp.items():
@@ -212,6 +215,8 @@ class Federation:
         if not nodes:
             raise ProtocolError("no nodes are connected")
         context = ConfigRecord(dict(self.config.task_context))
+        plan = builtin_plan("tabular")
+        context["plan.name"], context["plan.sha256"] = plan.name, plan.sha256
         ok, failures = self._exchange("stats", 0, {n: Content(config=context) for n in nodes})
         if failures:
             detail = "\n".join(f"  - {n}: {why}" for n, why in sorted(failures.items()))

@@ -62,6 +62,7 @@ class NodeAgent:
             limits=limits,
             privacy=config.privacy_keeper(),
             policy=config.site_policy(),
+            approvals=config.plan_approvals() if config.node.require_plan_approval else None,
         )
         # what leaves this site is recorded, signed with the node key, before it leaves
         self.audit = AuditLog(config.node.state_dir / AUDIT_FILE, signing_key_pem=kit.key_pem)

@@ -35,6 +35,7 @@ from cordiale.core.tomlfile import read_toml, validation_problems
 from cordiale.data.contract import DataContract
 from cordiale.data.local import LocalDataset, build_site_dataset
 from cordiale.data.tabular import read_table
+from cordiale.governance.plans import PlanApprovals
 from cordiale.governance.policy import SitePolicy
 from cordiale.learn.tasks import derive_seed
 from cordiale.node.privacy import PrivacyKeeper
@@ -59,6 +60,7 @@ class NodeSection(BaseModel):
 
     state_dir: Path = Path("cordiale-node-state")  # the privacy ledger and audit log live here
     policy: Path | None = None  # policy.toml: what this site allows (see governance.policy)
+    require_plan_approval: bool = True  # run only code whose hash the custodian approved
 
 
 class NodeConfig(BaseModel):
@@ -101,8 +103,13 @@ class NodeConfig(BaseModel):
             raise ConfigError(
                 f"node config {path} names a policy file that does not exist: {policy}"
             )
-        state = NodeSection(state_dir=(base / config.node.state_dir).resolve(), policy=policy)
+        state = config.node.model_copy(
+            update={"state_dir": (base / config.node.state_dir).resolve(), "policy": policy}
+        )
         return cls(node=state, datasets=entries)
+
+    def plan_approvals(self) -> PlanApprovals:
+        return PlanApprovals(self.node.state_dir / "approved-plans.json")
 
     def site_policy(self) -> SitePolicy | None:
         return None if self.node.policy is None else SitePolicy.load(self.node.policy)

@@ -16,6 +16,7 @@ from cordiale.core.errors import CordialeError, ProtocolError, WireError
 from cordiale.core.messages import Content, Envelope, ErrorInfo, Message, ReplayGuard
 from cordiale.core.records import ConfigRecord
 from cordiale.data.local import LocalDataset
+from cordiale.governance.plans import PlanApprovals
 from cordiale.governance.policy import SitePolicy, TaskFacts
 from cordiale.learn.dp import release_epsilon
 from cordiale.learn.secagg_wire import STEPS, step_of
@@ -46,10 +47,12 @@ class NodeRuntime:
         limits: DecodeLimits | None = None,
         privacy: PrivacyKeeper | None = None,
         policy: SitePolicy | None = None,
+        approvals: PlanApprovals | None = None,
     ) -> None:
         self.node_id = node_id
         self.privacy = privacy or PrivacyKeeper()
         self.policy = policy
+        self.approvals = approvals  # None: no code approval (simulation)
         self.hub_country: str | None = None  # from the hub's certificate, set by the agent
         self._resolve: DatasetResolver = (
             (lambda _study, _config: dataset) if isinstance(dataset, LocalDataset) else dataset
@@ -99,6 +102,9 @@ class NodeRuntime:
         stage = message.envelope.stage
         if stage not in ("stats", "train", "evaluate", "secagg"):
             raise ProtocolError(f"this node does not run stage {stage!r}")
+        if self.approvals is not None:  # only code the custodian approved touches the data
+            cfg = message.content.config
+            self.approvals.check(cfg.get_str("plan.name", ""), cfg.get_str("plan.sha256", ""))
         dataset = self._resolve(message.envelope.study_id, message.content.config)
         if self.policy is not None:  # the site's rules, before any work
             self.policy.check(_facts(message, dataset, self.hub_country))

@@ -17,16 +17,27 @@ from cordiale.data.catalog import get_dataset
 from cordiale.data.local import LocalDataset, build_site_dataset
 from cordiale.data.partition import PartitionSpec, partition_indices
 from cordiale.data.tabular import read_table
+from cordiale.governance.plans import builtin_plan
 from cordiale.learn.study import StudySpec
 from cordiale.learn.tasks import derive_seed
+from cordiale.node.config import NodeConfig
 
 __all__ = ["site_datasets", "write_site_files"]
 
 
 def write_site_files(
-    root: Path, sites: list[str], *, dataset: str = "pima", seed: int = 0, partition: str = "iid"
+    root: Path,
+    sites: list[str],
+    *,
+    dataset: str = "pima",
+    seed: int = 0,
+    partition: str = "iid",
+    approve_builtin: bool = True,
 ) -> dict[str, Path]:
-    """Write ``root/sites/<site>/{data.csv,node.toml}``; returns site -> node.toml path."""
+    """Write ``root/sites/<site>/{data.csv,node.toml}``; returns site -> node.toml path.
+
+    With ``approve_builtin`` each site's custodian has approved the built-in plan as installed.
+    """
     entry = get_dataset(dataset)
     raw = entry.load()
     labels = entry.contract.validate_frame(raw, dataset=dataset)[entry.contract.target.name]
@@ -46,6 +57,9 @@ def write_site_files(
             tomli_w.dumps({"datasets": [{"name": dataset, "path": "data.csv"}]})
         )
         configs[site] = d / "node.toml"
+        if approve_builtin:  # what `cordiale node plans approve builtin:tabular` does
+            plan = builtin_plan("tabular")
+            NodeConfig.load(configs[site]).plan_approvals().approve(plan, by="demo set-up")
     return configs
 
 

@@ -1,0 +1,127 @@
+"""Code approval: a node runs only training plans whose SHA-256 its custodian approved.
+
+A *training plan* is the code that touches a site's rows. The built-in plan ``tabular`` is the
+source of the modules that build, train and evaluate Cordiale's tabular models at a node (model
+definitions, local trainer, node-side tasks, DP and secure-aggregation node steps); its identity is
+the SHA-256 of those sources, concatenated in a fixed order with their names. Any change to any of
+them - an upgrade of the package, a one-byte edit - is a new plan that needs a new approval.
+
+Every task names the plan it expects (``plan.name``, ``plan.sha256``, computed by the hub from its
+own copy); the node computes the hash of the code it would run itself, refuses a task whose hash
+differs (hub and node disagree on the code), and refuses code its custodian has not approved,
+saying how to review and approve it. Approvals live in ``approved-plans.json`` in the node's state
+directory (``cordiale node plans list|show|approve|revoke``).
+
+Custom plans (researcher-written model code submitted with a study) are the next step; the same
+approval store will pin them.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from cordiale.core.errors import ConfigError, PolicyRefusal, UnknownNameError
+
+__all__ = ["BUILTIN_PLANS", "Plan", "PlanApprovals", "builtin_plan"]
+
+#: Built-in plans: the modules whose source is the code a node runs on its data, in hash order.
+BUILTIN_PLANS: dict[str, tuple[str, ...]] = {
+    "tabular": (
+        "cordiale.learn.models",
+        "cordiale.learn.trainer",
+        "cordiale.learn.tasks",
+        "cordiale.learn.dp",
+        "cordiale.learn.secure_aggregation",
+        "cordiale.data.features",
+        "cordiale.data.local",
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Plan:
+    name: str  # e.g. "builtin:tabular"
+    sha256: str
+    source: str  # what a custodian reviews
+
+
+@functools.cache
+def builtin_plan(name: str) -> Plan:
+    """The built-in plan ``name`` as installed here (its hash is of this installation's code)."""
+    modules = BUILTIN_PLANS.get(name.removeprefix("builtin:"))
+    if modules is None:
+        raise UnknownNameError("plan", name, [f"builtin:{n}" for n in BUILTIN_PLANS])
+    root = Path(__file__).resolve().parents[1]  # the installed cordiale package (no imports)
+    parts = []
+    for module in modules:
+        path = root.joinpath(*module.split(".")[1:]).with_suffix(".py")
+        if not path.is_file():
+            raise ConfigError(f"plan {name}: module {module} is not installed ({path})")
+        parts.append(f"# ==== {module} ====\n{path.read_text(encoding='utf-8')}")
+    source = "\n".join(parts)
+    digest = hashlib.sha256(source.encode("utf-8")).hexdigest()
+    return Plan(f"builtin:{name.removeprefix('builtin:')}", digest, source)
+
+
+class PlanApprovals:
+    """The custodian's approvals: plan hashes, with who approved them and when."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def _read(self) -> dict[str, dict[str, str]]:
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return {}
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"approved plans file {self.path} is corrupt: {e}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"approved plans file {self.path} is not a JSON object")
+        return data
+
+    def _write(self, data: dict[str, dict[str, str]]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=True), encoding="utf-8")
+        os.replace(tmp, self.path)
+
+    def approved(self) -> dict[str, dict[str, str]]:
+        """sha256 -> {name, approved_at, by}."""
+        return self._read()
+
+    def approve(self, plan: Plan, *, by: str) -> None:
+        data = self._read()
+        data[plan.sha256] = {
+            "name": plan.name,
+            "approved_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "by": by,
+        }
+        self._write(data)
+
+    def revoke(self, sha256: str) -> bool:
+        data = self._read()
+        found = data.pop(sha256, None) is not None
+        self._write(data)
+        return found
+
+    def check(self, expected_name: str, expected_sha: str) -> Plan:
+        """The plan this node would run for a task, if the task's and the custodian's agree."""
+        local = builtin_plan(expected_name or "builtin:tabular")
+        if expected_sha and expected_sha != local.sha256:
+            raise PolicyRefusal(
+                f"the task expects plan {local.name} with hash {expected_sha[:16]}..., this node "
+                f"runs {local.sha256[:16]}... (hub and node run different code versions)"
+            )
+        if local.sha256 not in self._read():
+            raise PolicyRefusal(
+                f"plan {local.name} ({local.sha256[:16]}...) is not approved by this site's "
+                f"custodian (cordiale node plans show/approve {local.name})"
+            )
+        return local
