@@ -115,6 +115,10 @@ class ResearcherClient:
     def status(self, study_id: str) -> dict[str, Any]:
         return dict(self._call("GET", f"/v1/studies/{study_id}").json())
 
+    def grant(self, study_id: str, researcher: str) -> None:
+        """Let another researcher read this study (owners only)."""
+        self._call("POST", f"/v1/studies/{study_id}/grants", json={"researcher": researcher})
+
     def results(self, study_id: str) -> dict[str, Any]:
         return dict(self._call("GET", f"/v1/studies/{study_id}/results").json())
 

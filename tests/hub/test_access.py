@@ -241,3 +241,71 @@ def test_a_study_naming_unknown_sites_or_invalid_values_is_refused(c):
         typed = client._http.post("/v1/studies", json={"study": {"rounds": "many"}})
     assert r.status_code == 422 and "atlantis" in r.json()["detail"]
     assert typed.status_code == 422 and "study.rounds" in typed.json()["detail"]
+
+
+# -- roles: a table of cross-object attempts, none of which may succeed ----------------------
+
+
+@pytest.fixture(scope="module")
+def carol(c):
+    """A third researcher, for the tests below (bob's token is expired by another test)."""
+    from cordiale.client import Credentials
+    from cordiale.hub.admin import add_researcher
+
+    token = add_researcher(c.settings, "carol", "imperial")
+    c.credentials["carol"] = Credentials("carol", c.url, c.ca.ca_cert_pem.decode(), token)
+    return "carol"
+
+
+def _researcher_http(c, name: str | None) -> httpx.Client:
+    headers = {"authorization": f"Bearer {c.credentials[name].token}"} if name else {}
+    verify = ssl.create_default_context(cafile=c.settings.ca_dir / "ca.pem")
+    return httpx.Client(base_url=c.url, verify=verify, headers=headers, timeout=10)
+
+
+ATTEMPTS = [  # (who, method, path template, body) - every one must be refused
+    ("carol", "GET", "/v1/studies/{study}", None),
+    ("carol", "GET", "/v1/studies/{study}/results", None),
+    ("carol", "GET", "/v1/studies/{study}/model", None),
+    ("carol", "POST", "/v1/studies/{study}/grants", {"researcher": "carol"}),
+    ("carol", "GET", "/v1/studies/{study}/../{study}", None),
+    ("carol", "GET", "/v1/studies/0123456789ab", None),  # a guessed id
+    ("carol", "GET", "/v1/studies/%2e%2e", None),
+    (None, "GET", "/v1/studies/{study}", None),  # no token at all
+    ("carol", "GET", "/v1/node/tasks?wait=0", None),  # a researcher on a node endpoint
+]
+
+
+@pytest.mark.parametrize(("who", "method", "path", "body"), ATTEMPTS)
+def test_cross_object_attempts_are_refused(c, pending, carol, who, method, path, body):
+    with _researcher_http(c, who) as http:
+        r = http.request(method, path.format(study=pending["study"]), json=body)
+    assert r.status_code in (401, 403, 404), (r.status_code, r.text)
+
+
+def test_listing_shows_only_own_or_granted_studies_whatever_the_query(c, pending, carol):
+    with _researcher_http(c, "carol") as http:
+        for query in ("", "?owner=alice", "?include=all", "?owner=*&expand=studies"):
+            r = http.get(f"/v1/studies{query}")
+            assert r.status_code == 200 and r.json() == []
+
+
+def test_a_grant_opens_reads_only_and_only_the_owner_may_grant(c, pending, carol):
+    study = pending["study"]
+    with c.client("alice") as alice:
+        alice.grant(study, "carol")
+    with _researcher_http(c, "carol") as http:
+        assert http.get(f"/v1/studies/{study}").status_code == 200
+        assert [s["id"] for s in http.get("/v1/studies").json()] == [study]
+        again = http.post(f"/v1/studies/{study}/grants", json={"researcher": "bob"})
+    assert again.status_code == 403  # reading is not owning
+
+
+def test_a_revoked_token_is_refused_at_once(c, carol):
+    from cordiale.hub.admin import revoke_researcher
+
+    with _researcher_http(c, "carol") as http:
+        assert http.get("/v1/studies").status_code == 200
+        revoke_researcher(c.settings, "carol")
+        r = http.get("/v1/studies")
+    assert r.status_code == 401 and "revoked" in r.json()["detail"]

@@ -17,7 +17,13 @@ from rich.console import Console
 from cordiale.client import Credentials
 from cordiale.core.errors import ConfigError
 from cordiale.crypto.pki import CertificateAuthority
-from cordiale.hub.admin import add_researcher, add_site, init_consortium, revoke_site
+from cordiale.hub.admin import (
+    add_researcher,
+    add_site,
+    init_consortium,
+    revoke_researcher,
+    revoke_site,
+)
 from cordiale.hub.settings import HubSettings
 
 __all__ = ["Db", "Home", "ca_app", "hub_settings", "researcher_app", "site_app"]
@@ -120,3 +126,14 @@ def researcher_add(
         f"researcher [bold]{name}[/] ({org}) admitted for {days} days; credentials: {out} "
         "(the hub keeps only a hash of the token)"
     )
+
+
+@researcher_app.command("revoke")
+def researcher_revoke(
+    name: Annotated[str, typer.Argument(help="Researcher name.")],
+    home: Home = DEFAULT_HOME,
+    db: Db = None,
+) -> None:
+    """Revoke a researcher's token: the hub refuses it from the next request on."""
+    revoke_researcher(hub_settings(home, db), name)
+    Console().print(f"researcher [bold]{name}[/] revoked")

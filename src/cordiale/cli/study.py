@@ -152,3 +152,15 @@ def fetch(
         paths = client.fetch(study_id, out)
     for kind, path in paths.items():
         Console().print(f"{kind}: {path}")
+
+
+@study_app.command("grant")
+def grant(
+    study_id: Annotated[str, typer.Argument(help="Study id.")],
+    researcher: Annotated[str, typer.Argument(help="Who may read it.")],
+    credentials: CredentialsOpt = DEFAULT_CREDENTIALS,
+) -> None:
+    """Let another researcher read your study (status, results, model)."""
+    with _client(credentials) as client:
+        client.grant(study_id, researcher)
+    Console().print(f"{researcher} may now read study {study_id}")

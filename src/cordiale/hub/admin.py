@@ -17,7 +17,7 @@ from cordiale.crypto.pki import CertificateAuthority, EnrolmentKit, hash_token, 
 from cordiale.hub.db import Database, ResearcherRow, SiteRow, utcnow
 from cordiale.hub.settings import HubSettings, hub_audit_log
 
-__all__ = ["add_researcher", "add_site", "init_consortium", "revoke_site"]
+__all__ = ["add_researcher", "add_site", "init_consortium", "revoke_researcher", "revoke_site"]
 
 
 def _db(settings: HubSettings) -> Database:
@@ -112,3 +112,19 @@ def add_researcher(settings: HubSettings, name: str, org: str, *, days: int = 90
         actor="admin", action="researcher.add", object=f"researcher/{name}", details={"org": org}
     )
     return token
+
+
+def revoke_researcher(settings: HubSettings, name: str) -> None:
+    """Revoke a researcher's token at once (a new one needs `researcher add` under a new name)."""
+    db = _db(settings)
+    try:
+        with db.session() as s:
+            row = s.get(ResearcherRow, name)
+            if row is None:
+                raise ConfigError(f"no researcher {name!r} to revoke")
+            row.revoked_at = utcnow()
+    finally:
+        db.dispose()
+    hub_audit_log(settings).append(
+        actor="admin", action="researcher.revoke", object=f"researcher/{name}"
+    )

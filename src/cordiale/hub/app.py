@@ -17,6 +17,7 @@ before they are read, and decoded only by the data-only wire codec.
 ``GET  /v1/studies/{id}``                  status: rounds, per-site state, errors
 ``GET  /v1/studies/{id}/results``          metrics per round, per site, pooled
 ``GET  /v1/studies/{id}/model``            newest committed global model (safetensors)
+``POST /v1/studies/{id}/grants``           the owner lets another researcher read the study
 ``GET  /v1/health``                        liveness
 =========================================  =====================================================
 """
@@ -153,6 +154,14 @@ def create_app(hub: Hub) -> FastAPI:
     @app.get("/v1/studies/{study_id}")
     def status(owner: Researcher, study_id: str) -> dict[str, Any]:
         return hub.status(owner, study_id)
+
+    @app.post("/v1/studies/{study_id}/grants", status_code=201)
+    def grant(owner: Researcher, study_id: str, body: dict[str, str]) -> dict[str, str]:
+        researcher = body.get("researcher")
+        if not isinstance(researcher, str) or not researcher:
+            raise ConfigError('a grant names the researcher: {"researcher": NAME}')
+        hub.grant(owner, study_id, researcher)
+        return {"study": study_id, "researcher": researcher}
 
     @app.get("/v1/studies/{study_id}/results")
     def results(owner: Researcher, study_id: str) -> dict[str, Any]:

@@ -39,6 +39,7 @@ __all__ = [
     "STUDY_STATES",
     "Base",
     "Database",
+    "GrantRow",
     "ResearcherRow",
     "RoundRow",
     "SiteRow",
@@ -96,6 +97,16 @@ class ResearcherRow(Base):
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    revoked_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)  # (0003)
+
+
+class GrantRow(Base):
+    """Read access to a study for a researcher other than its owner (0003)."""
+
+    __tablename__ = "study_grants"
+    study_id: Mapped[str] = mapped_column(ForeignKey("studies.id"), primary_key=True)
+    researcher: Mapped[str] = mapped_column(ForeignKey("researchers.name"), primary_key=True)
+    granted_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 class StudyRow(Base):

@@ -34,7 +34,16 @@ from cordiale.core.errors import (
 from cordiale.core.jsonsafe import finite
 from cordiale.crypto.pki import CertificateAuthority, hash_token
 from cordiale.hub.checkpoints import load_checkpoint
-from cordiale.hub.db import Database, ResearcherRow, RoundRow, SiteRow, StudyRow, TaskRow, utcnow
+from cordiale.hub.db import (
+    Database,
+    GrantRow,
+    ResearcherRow,
+    RoundRow,
+    SiteRow,
+    StudyRow,
+    TaskRow,
+    utcnow,
+)
 from cordiale.hub.mailbox import Mailbox
 from cordiale.hub.scheduler import StudyRunner
 from cordiale.hub.settings import HubSettings, hub_audit_log
@@ -131,6 +140,8 @@ class Hub:
             who = s.scalars(select(ResearcherRow).where(ResearcherRow.token_hash == digest)).first()
             if who is None:
                 raise AuthenticationError("unknown researcher token")
+            if who.revoked_at is not None:
+                raise AuthenticationError(f"the token of {who.name!r} has been revoked")
             if _aware(who.expires_at) < utcnow():
                 raise AuthenticationError(f"the token of {who.name!r} has expired")
             return who.name
@@ -231,17 +242,36 @@ class Hub:
         self._launch(study_id)
         return study_id
 
-    def _own_study(self, s: Any, owner: str, study_id: str) -> StudyRow:
+    def _own_study(self, s: Any, who: str, study_id: str, *, write: bool = False) -> StudyRow:
+        """The study, if ``who`` owns it (or, to read it, was granted access)."""
         row = s.get(StudyRow, study_id)
         if row is None:
             raise NotFoundError(f"no study {study_id!r}")
-        if row.owner != owner:
-            raise PermissionDenied(f"study {study_id!r} belongs to another researcher")
-        return row
+        if row.owner == who or (not write and s.get(GrantRow, (study_id, who)) is not None):
+            return row
+        raise PermissionDenied(f"study {study_id!r} belongs to another researcher")
+
+    def grant(self, owner: str, study_id: str, researcher: str) -> None:
+        """Let ``researcher`` read the study (status, results, model); owners only."""
+        with self.db.session() as s:
+            self._own_study(s, owner, study_id, write=True)
+            if s.get(ResearcherRow, researcher) is None:
+                raise NotFoundError(f"no researcher {researcher!r}")
+            if s.get(GrantRow, (study_id, researcher)) is None:
+                s.add(GrantRow(study_id=study_id, researcher=researcher))
+        self.audit.append(
+            actor=f"researcher:{owner}",
+            action="study.grant",
+            object=f"study/{study_id}",
+            details={"researcher": researcher},
+        )
 
     def list_studies(self, owner: str) -> list[dict[str, Any]]:
         with self.db.session() as s:
-            rows = s.scalars(select(StudyRow).where(StudyRow.owner == owner)).all()
+            granted = select(GrantRow.study_id).where(GrantRow.researcher == owner)
+            rows = s.scalars(
+                select(StudyRow).where((StudyRow.owner == owner) | StudyRow.id.in_(granted))
+            ).all()
             return [
                 {
                     "id": r.id,
