@@ -107,6 +107,7 @@ class ResearcherClient:
         raise errors.get(r.status_code, ConfigError)(f"hub: {detail}")
 
     def submit(self, spec: StudySpec) -> str:
+        spec = spec.prepared_for_submission()  # a custom plan's initial weights, built here
         return str(self._call("POST", "/v1/studies", json=spec.to_json()).json()["id"])
 
     def studies(self) -> list[dict[str, Any]]:

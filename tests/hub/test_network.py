@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sys
@@ -277,3 +278,64 @@ def test_a_site_whose_custodian_revoked_the_plan_runs_nothing(tmp_path):
     assert status["state"] == "failed"
     assert "not approved by this site's custodian" in status["sites"]["oxford"]["error"]
     assert status["sites"]["paris-cite"]["task"] == "answered"
+
+
+PLAN = """import torch
+from torch import nn
+
+
+class Net(nn.Module):
+    def __init__(self, n):
+        super().__init__()
+        self.hidden = nn.Linear(n, 6)
+        self.out = nn.Linear(6, 1)
+
+    def forward(self, x):
+        return self.out(torch.tanh(self.hidden(x))).squeeze(-1)
+
+
+def build_model(num_features):
+    return Net(num_features)
+"""
+
+
+def test_a_custom_plan_runs_only_once_every_custodian_approved_its_hash(tmp_path):
+    # Prepare
+    spec = study_spec(list(SITES), rounds=3, seed=4)
+    spec["model"] = {"plan_source": PLAN}
+    sha = hashlib.sha256(PLAN.encode()).hexdigest()
+
+    def plans(site: str, *args: str) -> subprocess.CompletedProcess[str]:
+        config = str(c.configs[site])
+        return subprocess.run(
+            [sys.executable, "-m", "cordiale", "node", "plans", *args, "--config", config],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, "COLUMNS": "200"},
+        )
+
+    c = LocalConsortium(tmp_path)
+    with c.start():
+        # Execute: submitted before review, after approval, and with a one-byte change
+        before = c.run_study(spec)
+        shown = plans("oxford", "show", sha)
+        approvals = [plans(site, "approve", sha, "--by", f"custodian-{site}") for site in SITES]
+        after = c.run_study(spec)
+        modified = c.run_study({**spec, "model": {"plan_source": PLAN + "#"}})
+        with c.client() as client:
+            raw = client._http.post("/v1/studies", json=StudySpec.parse(spec).to_json())
+            model = st_load(client.model(after["id"]))
+    reference = simulate(simulation_of(StudySpec.parse(spec)), sites=c.site_datasets(spec))
+
+    # Assert
+    assert before["state"] == "failed"
+    assert all(f"custom plan {sha[:16]}" in s["error"] for s in before["sites"].values())
+    assert shown.returncode == 0 and "def build_model" in shown.stdout
+    assert all(a.returncode == 0 for a in approvals)
+    assert after["state"] == "finished", after["error"]
+    for name, value in reference.federated.weights.items():
+        np.testing.assert_allclose(model[f"weights/{name}"], value, atol=1e-6, rtol=0)
+    assert "hidden.weight" in reference.federated.weights  # the researcher's architecture ran
+    assert modified["state"] == "failed" and "not approved" in modified["error"]
+    assert raw.status_code == 422 and "never runs researcher code" in raw.json()["detail"]

@@ -9,13 +9,16 @@ import signal
 import threading
 from pathlib import Path
 from types import FrameType
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
 
 from cordiale.cli.consortium import DEFAULT_HOME, Db, Home, hub_settings
+
+if TYPE_CHECKING:
+    from cordiale.governance.plans import Plan, PlanApprovals
 
 __all__ = ["URL_FILE", "hub_app", "node_app"]
 
@@ -220,6 +223,9 @@ def node_plans(
     console = Console()
     if action == "list":
         approved = approvals.approved()
+        for sha in sorted(p.stem for p in approvals.pending_dir.glob("*.py")):
+            if sha not in approved:
+                console.print(f"awaiting review: custom plan {sha} (cordiale node plans show)")
         table = Table("plan", "sha256 (installed)", "approved", "by", "at")
         for name in BUILTIN_PLANS:
             p = builtin_plan(name)
@@ -242,11 +248,11 @@ def node_plans(
             )
         console.print(table)
     elif action == "show":
-        p = builtin_plan(plan)
+        p = _plan(approvals, plan)
         console.print(f"{p.name}  sha256 {p.sha256}")
         console.print(Syntax(p.source, "python", line_numbers=True))
     elif action == "approve":
-        p = builtin_plan(plan)
+        p = _plan(approvals, plan)
         approvals.approve(p, by=by)
         console.print(f"approved {p.name} {p.sha256}")
     elif action == "revoke":
@@ -256,3 +262,16 @@ def node_plans(
         console.print(f"revoked {sha}")
     else:
         raise ConfigError(f"unknown action {action!r}; use list, show, approve or revoke")
+
+
+def _plan(approvals: PlanApprovals, plan: str) -> Plan:
+    """``builtin:NAME``, or the hash of a custom plan this node was asked to run."""
+    from cordiale.core.errors import ConfigError
+    from cordiale.governance.plans import builtin_plan
+
+    if plan.startswith("builtin:"):
+        return builtin_plan(plan)
+    found = approvals.pending(plan)
+    if found is None:
+        raise ConfigError(f"no plan {plan!r} here: use builtin:NAME or the hash of a custom plan")
+    return found

@@ -12,8 +12,12 @@ differs (hub and node disagree on the code), and refuses code its custodian has 
 saying how to review and approve it. Approvals live in ``approved-plans.json`` in the node's state
 directory (``cordiale node plans list|show|approve|revoke``).
 
-Custom plans (researcher-written model code submitted with a study) are the next step; the same
-approval store will pin them.
+A *custom plan* is researcher-written Python submitted with a study: a file that defines
+``build_model(num_features: int) -> torch.nn.Module`` whose forward pass returns one logit per row
+(Cordiale's trainer, DP and secure aggregation run around it). Its identity is the SHA-256 of its
+text. The hub never executes it: the researcher's own machine builds the initial weights at
+submission. A node keeps every custom plan it is asked to run in ``plans/<sha256>.py`` of its state
+directory for review, and runs it only once the custodian approved that hash.
 """
 
 from __future__ import annotations
@@ -23,12 +27,21 @@ import functools
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from cordiale.core.errors import ConfigError, PolicyRefusal, UnknownNameError
 
-__all__ = ["BUILTIN_PLANS", "Plan", "PlanApprovals", "builtin_plan"]
+__all__ = [
+    "BUILTIN_PLANS",
+    "Plan",
+    "PlanApprovals",
+    "builtin_plan",
+    "custom_plan",
+    "load_plan",
+]
 
 #: Built-in plans: the modules whose source is the code a node runs on its data, in hash order.
 BUILTIN_PLANS: dict[str, tuple[str, ...]] = {
@@ -69,11 +82,49 @@ def builtin_plan(name: str) -> Plan:
     return Plan(f"builtin:{name.removeprefix('builtin:')}", digest, source)
 
 
+def custom_plan(source: str, *, name: str = "custom") -> Plan:
+    """A researcher's plan, identified by the SHA-256 of its text."""
+    if not isinstance(source, str) or "def build_model" not in source:
+        raise ConfigError("a custom plan is Python source that defines build_model(num_features)")
+    digest = hashlib.sha256(source.encode("utf-8")).hexdigest()
+    return Plan(f"custom:{name}", digest, source)
+
+
+_LOADED: dict[str, Callable[[int], Any]] = {}
+
+
+def load_plan(plan: Plan) -> Callable[[int], Any]:
+    """The ``build_model`` of a custom plan (its module executed once per process).
+
+    Call only after :meth:`PlanApprovals.check` at a node, or on the researcher's own machine.
+    """
+    builder = _LOADED.get(plan.sha256)
+    if builder is None:
+        namespace: dict[str, Any] = {"__name__": f"cordiale_plan_{plan.sha256[:12]}"}
+        try:
+            exec(compile(plan.source, f"<plan {plan.name} {plan.sha256[:12]}>", "exec"), namespace)
+        except Exception as e:  # the researcher's code: report, never crash the node
+            raise ConfigError(f"plan {plan.name} does not load: {type(e).__name__}: {e}") from None
+        builder = namespace.get("build_model")
+        if not callable(builder):
+            raise ConfigError(f"plan {plan.name} defines no callable build_model")
+        _LOADED[plan.sha256] = builder
+    return builder
+
+
 class PlanApprovals:
     """The custodian's approvals: plan hashes, with who approved them and when."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.pending_dir = path.parent / "plans"  # custom plans seen, kept for review
+
+    def pending(self, sha256: str) -> Plan | None:
+        """A custom plan this node was asked to run (for ``plans show``/``approve``)."""
+        path = self.pending_dir / f"{sha256}.py"
+        if not path.is_file():
+            return None
+        return custom_plan(path.read_text(encoding="utf-8"), name=sha256[:12])
 
     def _read(self) -> dict[str, dict[str, str]]:
         try:
@@ -111,8 +162,20 @@ class PlanApprovals:
         self._write(data)
         return found
 
-    def check(self, expected_name: str, expected_sha: str) -> Plan:
+    def check(self, expected_name: str, expected_sha: str, source: str | None = None) -> Plan:
         """The plan this node would run for a task, if the task's and the custodian's agree."""
+        if source is not None:
+            plan = custom_plan(source, name=expected_name.removeprefix("custom:") or "custom")
+            if plan.sha256 != expected_sha:
+                raise PolicyRefusal("the task's plan source does not match its SHA-256")
+            if plan.sha256 not in self._read():
+                self.pending_dir.mkdir(parents=True, exist_ok=True)
+                (self.pending_dir / f"{plan.sha256}.py").write_text(source, encoding="utf-8")
+                raise PolicyRefusal(
+                    f"custom plan {plan.sha256[:16]}... is not approved by this site's custodian "
+                    f"(kept for review: cordiale node plans show/approve {plan.sha256})"
+                )
+            return plan
         local = builtin_plan(expected_name or "builtin:tabular")
         if expected_sha and expected_sha != local.sha256:
             raise PolicyRefusal(

@@ -216,6 +216,11 @@ class Hub:
     # -- studies (researchers) ---------------------------------------------------------------
     def submit(self, owner: str, raw_spec: dict[str, Any]) -> str:
         spec = StudySpec.parse(raw_spec, source="the submitted study")
+        if spec.model.plan_source is not None and spec.model.initial_weights is None:
+            raise ConfigError(
+                "a study with a custom plan must carry its initial weights (model.initial_weights,"
+                " built by the researcher's client): the hub never runs researcher code"
+            )
         with self.db.session() as s:
             known = set(s.scalars(select(SiteRow.id).where(SiteRow.revoked.is_(False))).all())
         unknown = sorted(set(spec.study.sites) - known)

@@ -30,10 +30,10 @@ from cordiale.core.errors import ConfigError, ProtocolError
 from cordiale.core.messages import Content, Envelope, Message, Stage
 from cordiale.core.records import ArrayRecord, ConfigRecord
 from cordiale.data.features import Standardizer, combine_stats
-from cordiale.governance.plans import builtin_plan
+from cordiale.governance.plans import Plan, builtin_plan, load_plan
 from cordiale.learn.dp import ClientDP, DPSettings
 from cordiale.learn.metrics import ScoreHistogram, compute_metrics
-from cordiale.learn.models import ModelSpec, build_model, get_weights
+from cordiale.learn.models import ModelSpec, build_model, build_with, get_weights
 from cordiale.learn.secure_aggregation import (
     SecureAggregationConfig,
     run_secure_round,
@@ -64,6 +64,8 @@ class FederationConfig:
     # Sent with every task: what a networked node needs to find its data (dataset, contract).
     task_context: dict[str, str | float | int] = field(default_factory=dict)
     dp: DPSettings | None = None
+    plan: Plan | None = None  # a custom plan (None: the built-in tabular models)
+    initial_weights: ArrayRecord | None = None  # built by the researcher for a custom plan
 
     def __post_init__(self) -> None:
         if self.rounds < 1:
@@ -191,8 +193,8 @@ class Federation:
         cfg["seed"] = derive_seed(self.config.seed, server_round, node)
         for k, v in self.config.task_context.items():
             cfg[k] = v
-        plan = builtin_plan("tabular")  # the node checks it runs this very code, and approved it
-        cfg["plan.name"], cfg["plan.sha256"] = plan.name, plan.sha256
+        for k, v in self._plan_config().items():  # nodes run only approved code
+            cfg[k] = v
         if self.config.dp is not None:
             dp = self.config.dp.to_config(self.config.rounds, self.strategy.min_fit_nodes)
             for k, v in dp.items():
@@ -214,9 +216,7 @@ class Federation:
         nodes = self.transport.node_ids()
         if not nodes:
             raise ProtocolError("no nodes are connected")
-        context = ConfigRecord(dict(self.config.task_context))
-        plan = builtin_plan("tabular")
-        context["plan.name"], context["plan.sha256"] = plan.name, plan.sha256
+        context = ConfigRecord({**self.config.task_context, **self._plan_config()})
         ok, failures = self._exchange("stats", 0, {n: Content(config=context) for n in nodes})
         if failures:
             detail = "\n".join(f"  - {n}: {why}" for n, why in sorted(failures.items()))
@@ -231,8 +231,14 @@ class Federation:
         if self.config.scaling == "federated":
             self.scaler = Standardizer.from_stats(combine_stats(stats))
         num_features = int(stats[0]["count"].shape[0])
-        model = build_model(self.config.model, num_features, seed=self.config.seed)
-        self.weights = get_weights(model)
+        if self.config.initial_weights is not None:
+            self.weights = self.config.initial_weights.copy()
+        elif self.config.plan is not None:  # simulation: the researcher's own machine
+            builder = load_plan(self.config.plan)
+            self.weights = get_weights(build_with(builder, num_features, seed=self.config.seed))
+        else:
+            model = build_model(self.config.model, num_features, seed=self.config.seed)
+            self.weights = get_weights(model)
 
     def step(self, server_round: int) -> RoundRecord:
         """Run training round ``server_round`` (1-based) and, when due, an evaluation."""
@@ -340,6 +346,14 @@ class Federation:
             n: ScoreHistogram.from_record(m.content.arrays["histogram"]) for n, m in ok.items()
         }
         return EvaluationReport.from_histograms(hists)
+
+    def _plan_config(self) -> dict[str, str]:
+        """Which code the nodes must run: the custom plan (with its source) or the built-in."""
+        plan = self.config.plan
+        if plan is None:
+            builtin = builtin_plan("tabular")
+            return {"plan.name": builtin.name, "plan.sha256": builtin.sha256}
+        return {"plan.name": plan.name, "plan.sha256": plan.sha256, "plan.source": plan.source}
 
     # -- checkpoints -----------------------------------------------------------------------
     def checkpoint(self) -> dict[str, ArrayRecord]:

@@ -7,8 +7,9 @@ against the local model first: a mismatching message is refused, never half-appl
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -17,7 +18,7 @@ from torch import nn
 from cordiale.core.errors import ConfigError, ProtocolError
 from cordiale.core.records import ArrayRecord, ConfigRecord
 
-__all__ = ["MODEL_KINDS", "ModelSpec", "build_model", "get_weights", "set_weights"]
+__all__ = ["MODEL_KINDS", "ModelSpec", "build_model", "build_with", "get_weights", "set_weights"]
 
 MODEL_KINDS = ("logreg", "mlp")
 
@@ -90,6 +91,14 @@ class TabularNet(nn.Module):
 
 def build_model(spec: ModelSpec, num_features: int, *, seed: int) -> TabularNet:
     """Build the model with weights initialised deterministically from ``seed``."""
+    return build_with(lambda n: TabularNet(spec, n), num_features, seed=seed)
+
+
+def build_with(builder: Callable[[int], nn.Module], num_features: int, *, seed: int) -> Any:
+    """``builder(num_features)`` with torch's CPU generator seeded, then restored.
+
+    Used for the built-in models and for a custom plan's ``build_model``.
+    """
     if num_features < 1:
         raise ConfigError("the model needs at least one input feature")
     # Seed only the CPU generator and restore it afterwards (torch.manual_seed and fork_rng also
@@ -98,9 +107,12 @@ def build_model(spec: ModelSpec, num_features: int, *, seed: int) -> TabularNet:
     saved = gen.get_state()
     gen.manual_seed(seed % 2**63)
     try:
-        return TabularNet(spec, num_features)
+        model = builder(num_features)
     finally:
         gen.set_state(saved)
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"build_model returned {type(model).__name__}, not a torch.nn.Module")
+    return model
 
 
 def get_weights(model: nn.Module) -> ArrayRecord:

@@ -31,17 +31,25 @@ Example::
 
 from __future__ import annotations
 
+import base64
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from safetensors import SafetensorError
+from safetensors.numpy import load as st_load
+from safetensors.numpy import save as st_save
 
 from cordiale.core.errors import ConfigError
+from cordiale.core.records import ArrayRecord
 from cordiale.core.tomlfile import read_toml, validation_problems
 from cordiale.data.contract import DataContract
+from cordiale.data.features import FeatureEncoder
+from cordiale.governance.plans import Plan, custom_plan, load_plan
 from cordiale.learn.dp import DPSettings
 from cordiale.learn.federation import FederationConfig
-from cordiale.learn.models import ModelSpec
+from cordiale.learn.models import ModelSpec, build_with, get_weights
 from cordiale.learn.secure_aggregation import SecureAggregationConfig
 from cordiale.learn.strategies import Strategy, make_strategy
 from cordiale.learn.trainer import TrainConfig
@@ -69,7 +77,6 @@ class StudySection(_Section):
     @field_validator("sites")
     @classmethod
     def _sites(cls, v: list[str]) -> list[str]:
-        import re
 
         bad = [s for s in v if not re.match(_SITE_ID, s)]
         if bad:
@@ -91,6 +98,10 @@ class ModelSection(_Section):
     hidden: list[int] = Field(default_factory=lambda: [32])
     batchnorm: bool = False
     local_layers: list[str] = Field(default_factory=list)
+    # a custom plan: ``plan = "plan.py"`` in TOML (read into plan_source by StudySpec.load)
+    plan_source: str | None = Field(default=None, max_length=200_000)
+    # the custom plan's initial weights (base64 safetensors), built on the researcher's machine
+    initial_weights: str | None = None
 
 
 class TrainSection(_Section):
@@ -156,6 +167,13 @@ class StudySpec(_Section):
         """Read and validate a study TOML file (a contract path is resolved beside it)."""
         path = Path(path)
         raw = read_toml(path, "study spec")
+        plan = raw.get("model", {}).pop("plan", None)
+        if isinstance(plan, str):
+            plan_path = (path.parent / plan).resolve()
+            try:
+                raw["model"]["plan_source"] = plan_path.read_text(encoding="utf-8")
+            except FileNotFoundError:
+                raise ConfigError(f"{path}: model.plan file {plan_path} does not exist") from None
         contract = raw.get("data", {}).get("contract")
         if isinstance(contract, str):
             table = read_toml((path.parent / contract).resolve(), f"{path}: data.contract file")
@@ -226,6 +244,34 @@ class StudySpec(_Section):
             secure_aggregation=secagg,
             task_context=task_context(self),
             dp=p.dp_settings(),
+            plan=self.custom_plan(),
+            initial_weights=self._initial_weights(),
+        )
+
+    def custom_plan(self) -> Plan | None:
+        src = self.model.plan_source
+        return None if src is None else custom_plan(src, name=_slug(self.study.name))
+
+    def _initial_weights(self) -> ArrayRecord | None:
+        if self.model.initial_weights is None:
+            return None
+        try:
+            tensors = st_load(base64.b64decode(self.model.initial_weights, validate=True))
+        except (ValueError, SafetensorError) as e:
+            raise ConfigError(f"model.initial_weights is not base64 safetensors: {e}") from None
+        return ArrayRecord(tensors)
+
+    def prepared_for_submission(self) -> StudySpec:
+        """With a custom plan, build its initial weights here, on the researcher's machine, so
+        that the hub never runs researcher code (nodes run it once their custodian approved)."""
+        plan = self.custom_plan()
+        if plan is None or self.model.initial_weights is not None:
+            return self
+        num_features = FeatureEncoder(self.data.contract).num_features
+        model = build_with(load_plan(plan), num_features, seed=self.study.seed)
+        blob = base64.b64encode(st_save(dict(get_weights(model).items()))).decode()
+        return self.model_copy(
+            update={"model": self.model.model_copy(update={"initial_weights": blob})}
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -244,3 +290,7 @@ def task_context(spec: StudySpec) -> dict[str, str | float | int]:
         "study.seed": spec.study.seed,
         "study.category": spec.study.category,
     }
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^a-z0-9-]+", "-", name.lower()).strip("-")[:40] or "custom"

@@ -18,9 +18,17 @@ from cordiale.core.messages import Content
 from cordiale.core.records import ArrayRecord, ConfigRecord, MetricRecord
 from cordiale.data.features import Standardizer, feature_stats
 from cordiale.data.local import LocalDataset
+from cordiale.governance.plans import custom_plan, load_plan
 from cordiale.learn.dp import privatise_update, sample_level_noise
 from cordiale.learn.metrics import ScoreHistogram
-from cordiale.learn.models import ModelSpec, TabularNet, build_model, get_weights, set_weights
+from cordiale.learn.models import (
+    ModelSpec,
+    TabularNet,
+    build_model,
+    build_with,
+    get_weights,
+    set_weights,
+)
 from cordiale.learn.trainer import TrainConfig, TrainOutcome, predict_proba, train_local
 
 if TYPE_CHECKING:
@@ -68,7 +76,13 @@ def _model(ds: LocalDataset, content: Content, state: NodeState, study: str) -> 
     weights = content.arrays.get("weights")
     if weights is None:
         raise ProtocolError("task carries no 'weights' record")
-    model = build_model(ModelSpec.from_config(cfg), ds.num_features, seed=cfg.get_int("seed", 0))
+    seed = cfg.get_int("seed", 0)
+    source = cfg.get_str("plan.source", "")
+    if source:  # a custom plan (the node approved its hash before this task got here)
+        plan = custom_plan(source, name=cfg.get_str("plan.name", "custom").removeprefix("custom:"))
+        model = build_with(load_plan(plan), ds.num_features, seed=seed)
+    else:
+        model = build_model(ModelSpec.from_config(cfg), ds.num_features, seed=seed)
     keep = tuple(cfg.get_str_list("local_layers"))
     if not keep or cfg.get("personalized", True) is False:
         set_weights(model, weights)

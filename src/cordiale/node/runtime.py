@@ -104,7 +104,11 @@ class NodeRuntime:
             raise ProtocolError(f"this node does not run stage {stage!r}")
         if self.approvals is not None:  # only code the custodian approved touches the data
             cfg = message.content.config
-            self.approvals.check(cfg.get_str("plan.name", ""), cfg.get_str("plan.sha256", ""))
+            self.approvals.check(
+                cfg.get_str("plan.name", ""),
+                cfg.get_str("plan.sha256", ""),
+                cfg.get_str("plan.source", "") or None,
+            )
         dataset = self._resolve(message.envelope.study_id, message.content.config)
         if self.policy is not None:  # the site's rules, before any work
             self.policy.check(_facts(message, dataset, self.hub_country))

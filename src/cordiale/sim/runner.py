@@ -29,6 +29,7 @@ from cordiale.data.contract import DataContract, infer_contract
 from cordiale.data.local import LocalDataset, split_frame
 from cordiale.data.partition import PartitionSpec, partition_indices
 from cordiale.data.tabular import read_table
+from cordiale.governance.plans import Plan
 from cordiale.learn.dp import DPSettings
 from cordiale.learn.federation import (
     EvaluationReport,
@@ -121,6 +122,7 @@ class SimulationSpec:
     evaluate_every: int = 1
     secure_aggregation: SecureAggregationConfig | None = None
     dp: DPSettings | None = None
+    plan: Plan | None = None  # a custom plan (None: the built-in models of ``model``)
 
 
 @dataclass
@@ -290,6 +292,7 @@ def simulate(
         evaluate_every=spec.evaluate_every,
         secure_aggregation=spec.secure_aggregation,
         dp=spec.dp,
+        plan=spec.plan,
     )
     transport = InMemoryTransport({s: NodeRuntime(s, d).handle_bytes for s, d in sites.items()})
     with _torch_threads(1):
@@ -356,4 +359,5 @@ def simulation_of(study: StudySpec) -> SimulationSpec:
         evaluate_every=config.evaluate_every,
         secure_aggregation=config.secure_aggregation,
         dp=config.dp,
+        plan=config.plan,
     )
