@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install --quiet --upgrade pip
 	@# torch first, from the CPU wheel, so that pip never resolves a multi-GB CUDA build
 	$(PY) -m pip install --quiet "$(TORCH)"
-	$(PY) -m pip install --quiet -e ".[test]"
+	$(PY) -m pip install --quiet -e ".[test,imaging]"
 	@touch $(STAMP)
 
 demo: $(STAMP)

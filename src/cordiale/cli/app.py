@@ -8,7 +8,7 @@ import typer
 from rich.console import Console
 
 from cordiale import __version__
-from cordiale.cli import audit, consortium, datasets, demo, services, simulate, study
+from cordiale.cli import audit, consortium, datasets, demo, imaging, services, simulate, study
 from cordiale.core.errors import CordialeError
 
 __all__ = ["app", "main"]
@@ -30,6 +30,7 @@ app.add_typer(services.hub_app, name="hub")
 app.add_typer(services.node_app, name="node")
 app.add_typer(study.study_app, name="study")
 app.add_typer(audit.audit_app, name="audit")
+app.add_typer(imaging.data_app, name="data")
 
 
 @app.command("version")
