@@ -6,6 +6,7 @@ import hashlib
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -20,6 +21,7 @@ from cordiale.hub.db import Database, TaskRow
 from cordiale.learn.study import StudySpec
 from cordiale.privacy import epsilon
 from cordiale.sim.runner import simulate, simulation_of
+from cordiale.sim.sitefiles import site_datasets
 
 
 def _networked_weights(c: LocalConsortium, study_id: str) -> dict[str, np.ndarray]:
@@ -339,3 +341,51 @@ def test_a_custom_plan_runs_only_once_every_custodian_approved_its_hash(tmp_path
     assert "hidden.weight" in reference.federated.weights  # the researcher's architecture ran
     assert modified["state"] == "failed" and "not approved" in modified["error"]
     assert raw.status_code == 422 and "never runs researcher code" in raw.json()["detail"]
+
+
+def test_an_imaging_study_over_the_network_equals_its_simulation(tmp_path):
+    # Prepare: three sites, each with its own scanner's NIfTI files and manifest
+    from cordiale.data.imaging.synthetic import generate
+    from cordiale.governance.plans import PlanApprovals, custom_plan
+
+    plan_source = (Path(__file__).parents[2] / "examples" / "imaging_cnn_plan.py").read_text()
+    manifests = generate(
+        tmp_path / "images", fmt="nifti", patients=8, images_per_patient=3, shape=(32, 32)
+    )
+    c = LocalConsortium(tmp_path / "consortium")
+    configs = {}
+    for site, manifest in manifests.items():
+        configs[site] = manifest.parent / "node.toml"
+        configs[site].write_text(
+            tomli_w.dumps({"datasets": [{"name": "lesions", "path": manifest.name}]})
+        )
+        approvals = PlanApprovals(manifest.parent / "cordiale-node-state" / "approved-plans.json")
+        approvals.approve(custom_plan(plan_source), by="custodian")
+    spec = {
+        "study": {"name": "lesions", "purpose": "p", "sites": sorted(manifests), "rounds": 3},
+        "data": {
+            "dataset": "lesions",
+            "kind": "imaging",
+            "scaling": "site",
+            "contract": {"name": "lesions", "ndim": 2, "shape": [32, 32], "min_images": 10},
+        },
+        "model": {"plan_source": plan_source, "local_layers": ["bn"]},
+        "train": {"epochs": 1, "lr": 0.05, "batch_size": 16},
+    }
+    c.start_hub()
+    for site in manifests:
+        c.start_node(site, configs[site])
+    try:
+        status = c.run_study(spec)
+        with c.client() as client:
+            model = st_load(client.model(status["id"]))
+    finally:
+        c.close()
+    parsed = StudySpec.parse(spec)
+    reference = simulate(simulation_of(parsed), sites=site_datasets(parsed, manifests))
+
+    # Assert
+    assert status["state"] == "finished", status["error"]
+    assert set(status["history"][-1]["per_site_auc"]) == set(manifests)
+    for name, value in reference.federated.weights.items():
+        np.testing.assert_allclose(model[f"weights/{name}"], value, atol=1e-6, rtol=0)

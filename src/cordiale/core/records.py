@@ -73,7 +73,8 @@ def _as_wire_array(name: str, value: object) -> np.ndarray:
             f"ArrayRecord value {name!r} has dtype {value.dtype}; allowed: "
             f"{', '.join(sorted(ALLOWED_DTYPES))}"
         )
-    arr = np.ascontiguousarray(value)
+    # np.ascontiguousarray would turn a 0-d array (a batch-norm counter) into shape (1,)
+    arr = value if value.flags.c_contiguous else np.ascontiguousarray(value)
     if arr.dtype.byteorder == ">":
         arr = arr.astype(arr.dtype.newbyteorder("<"))
     return arr

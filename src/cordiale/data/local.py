@@ -7,6 +7,7 @@ both classes allow it. Nothing here leaves the node; tasks derive aggregates fro
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 import pandas as pd
@@ -16,7 +17,27 @@ from cordiale.core.errors import ConfigError, ContractViolation
 from cordiale.data.contract import DataContract
 from cordiale.data.features import FeatureEncoder
 
-__all__ = ["LocalDataset", "build_site_dataset", "split_frame"]
+__all__ = ["LocalDataset", "SiteDataset", "build_site_dataset", "split_frame"]
+
+
+class SiteDataset(Protocol):
+    """What node tasks need of a site's data: tabular (:class:`LocalDataset`) or images
+    (:class:`cordiale.data.imaging.ImageDataset`)."""
+
+    name: str
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+
+    @property
+    def num_train(self) -> int: ...
+
+    @property
+    def num_test(self) -> int: ...
+
+    @property
+    def num_features(self) -> int: ...
 
 
 def split_frame(

@@ -33,7 +33,7 @@ def save_checkpoint(directory: Path, server_round: int, groups: dict[str, ArrayR
     for group, record in groups.items():
         for name, arr in record.items():
             key = f"{group}/{name}"
-            tensors[key] = np.ascontiguousarray(arr)
+            tensors[key] = arr if arr.flags.c_contiguous else np.ascontiguousarray(arr)  # keeps 0-d
             order.append(key)
     name = checkpoint_name(server_round)
     final = directory / name

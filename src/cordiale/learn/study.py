@@ -46,6 +46,7 @@ from cordiale.core.records import ArrayRecord
 from cordiale.core.tomlfile import read_toml, validation_problems
 from cordiale.data.contract import DataContract
 from cordiale.data.features import FeatureEncoder
+from cordiale.data.imaging.contract import ImagingContract
 from cordiale.governance.plans import Plan, custom_plan, load_plan
 from cordiale.learn.dp import DPSettings
 from cordiale.learn.federation import FederationConfig
@@ -88,7 +89,8 @@ class StudySection(_Section):
 
 class DataSection(_Section):
     dataset: str = Field(min_length=1, max_length=100)
-    contract: DataContract
+    kind: Literal["tabular", "imaging"] = "tabular"
+    contract: DataContract | ImagingContract
     test_fraction: float = Field(default=0.2, gt=0, lt=1)
     scaling: Literal["federated", "site"] = "federated"
 
@@ -195,6 +197,12 @@ class StudySpec(_Section):
 
     def _check_semantics(self, source: str) -> None:
         problems = []
+        imaging = isinstance(self.data.contract, ImagingContract)
+        if (self.data.kind == "imaging") != imaging:
+            problems.append(
+                f"data.kind is {self.data.kind!r} but data.contract is "
+                f"{'an imaging' if imaging else 'a tabular'} contract"
+            )
         if self.study.min_sites > len(self.study.sites):
             problems.append(
                 f"study.min_sites is {self.study.min_sites} but only "
@@ -267,7 +275,12 @@ class StudySpec(_Section):
         plan = self.custom_plan()
         if plan is None or self.model.initial_weights is not None:
             return self
-        num_features = FeatureEncoder(self.data.contract).num_features
+        contract = self.data.contract
+        num_features = (
+            contract.channels
+            if isinstance(contract, ImagingContract)
+            else FeatureEncoder(contract).num_features
+        )
         model = build_with(load_plan(plan), num_features, seed=self.study.seed)
         blob = base64.b64encode(st_save(dict(get_weights(model).items()))).decode()
         return self.model_copy(
@@ -284,6 +297,7 @@ def task_context(spec: StudySpec) -> dict[str, str | float | int]:
     A node restarted mid-study can serve any task from this alone.
     """
     return {
+        "data.kind": spec.data.kind,
         "data.dataset": spec.data.dataset,
         "data.contract": spec.data.contract.model_dump_json(),
         "data.test_fraction": spec.data.test_fraction,

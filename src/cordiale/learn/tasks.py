@@ -17,7 +17,7 @@ from cordiale.core.errors import ProtocolError
 from cordiale.core.messages import Content
 from cordiale.core.records import ArrayRecord, ConfigRecord, MetricRecord
 from cordiale.data.features import Standardizer, feature_stats
-from cordiale.data.local import LocalDataset
+from cordiale.data.local import SiteDataset
 from cordiale.governance.plans import custom_plan, load_plan
 from cordiale.learn.dp import privatise_update, sample_level_noise
 from cordiale.learn.metrics import ScoreHistogram
@@ -59,19 +59,20 @@ class NodeState:
     secagg: dict[str, SecAggSession] = field(default_factory=dict)
 
 
-def _scaler(ds: LocalDataset, content: Content) -> Standardizer:
+def _scaler(ds: SiteDataset, content: Content) -> Standardizer:
     rec = content.arrays.get("scaler")
     if rec is None:
         return Standardizer.fit(ds.x_train)
     scaler = Standardizer.from_record(rec)
-    if scaler.mean.shape != (ds.num_features,) or scaler.std.shape != (ds.num_features,):
+    shape = ds.x_train.shape[1:]  # features, or (channels, *image shape)
+    if scaler.mean.shape != shape or scaler.std.shape != shape:
         raise ProtocolError(
-            f"scaler has {scaler.mean.shape} entries; the local data has {ds.num_features} features"
+            f"scaler has shape {scaler.mean.shape}; the local data has {shape} per example"
         )
     return scaler
 
 
-def _model(ds: LocalDataset, content: Content, state: NodeState, study: str) -> TabularNet:
+def _model(ds: SiteDataset, content: Content, state: NodeState, study: str) -> TabularNet:
     cfg = content.config
     weights = content.arrays.get("weights")
     if weights is None:
@@ -94,7 +95,7 @@ def _model(ds: LocalDataset, content: Content, state: NodeState, study: str) -> 
     return model
 
 
-def run_stats(ds: LocalDataset, content: Content) -> Content:
+def run_stats(ds: SiteDataset, content: Content) -> Content:
     """Per-feature count/sum/sum-of-squares of the training rows, for federated scaling."""
     return Content(
         arrays={"stats": feature_stats(ds.x_train)},
@@ -103,7 +104,7 @@ def run_stats(ds: LocalDataset, content: Content) -> Content:
 
 
 def train_update(
-    ds: LocalDataset, content: Content, state: NodeState, study: str
+    ds: SiteDataset, content: Content, state: NodeState, study: str
 ) -> tuple[ArrayRecord, TrainOutcome]:
     """Train locally from the global weights; return the update (float arrays other than the
     local layers, ``local - global``) and the outcome, keeping the local layers in ``state``.
@@ -144,7 +145,7 @@ def train_update(
     return update, outcome
 
 
-def run_train(ds: LocalDataset, content: Content, state: NodeState, study: str) -> Content:
+def run_train(ds: SiteDataset, content: Content, state: NodeState, study: str) -> Content:
     """Train locally from the global weights; reply with the update and the example count."""
     update, outcome = train_update(ds, content, state, study)
     return Content(
@@ -159,7 +160,7 @@ def run_train(ds: LocalDataset, content: Content, state: NodeState, study: str) 
     )
 
 
-def run_evaluate(ds: LocalDataset, content: Content, state: NodeState, study: str) -> Content:
+def run_evaluate(ds: SiteDataset, content: Content, state: NodeState, study: str) -> Content:
     """Score the test rows; reply with a score histogram (never the scores)."""
     model = _model(ds, content, state, study)
     probs = predict_proba(model, _scaler(ds, content).transform(ds.x_test))

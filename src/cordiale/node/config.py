@@ -33,7 +33,9 @@ from cordiale.core.errors import ConfigError
 from cordiale.core.records import ConfigRecord
 from cordiale.core.tomlfile import read_toml, validation_problems
 from cordiale.data.contract import DataContract
-from cordiale.data.local import LocalDataset, build_site_dataset
+from cordiale.data.imaging.contract import ImagingContract
+from cordiale.data.imaging.dataset import ImageDataset
+from cordiale.data.local import SiteDataset, build_site_dataset
 from cordiale.data.tabular import read_table
 from cordiale.governance.plans import PlanApprovals
 from cordiale.governance.policy import SitePolicy
@@ -130,7 +132,7 @@ class SiteData:
     def __init__(self, node_id: str, config: NodeConfig) -> None:
         self.node_id = node_id
         self._entries = {e.name: e for e in config.datasets}
-        self._cache: dict[str, LocalDataset] = {}
+        self._cache: dict[str, SiteDataset] = {}
         self._lock = threading.Lock()
 
     def check_local_contracts(self) -> None:
@@ -155,7 +157,7 @@ class SiteData:
             }
         return out
 
-    def resolve(self, study_id: str, config: ConfigRecord) -> LocalDataset:
+    def resolve(self, study_id: str, config: ConfigRecord) -> SiteDataset:
         """The dataset a study's task runs on, checked against the contract the study carries."""
         with self._lock:
             cached = self._cache.get(study_id)
@@ -168,16 +170,28 @@ class SiteData:
                     f"this site has no dataset named {name!r}; it registered: "
                     f"{', '.join(sorted(self._entries)) or 'none'}"
                 )
+            raw_contract = config.get_str("data.contract", "{}")
+            fraction = config.get_float("data.test_fraction", 0.2)
+            seed = derive_seed(config.get_int("study.seed", 0), "split", self.node_id)
             try:
-                contract = DataContract.model_validate_json(config.get_str("data.contract", "{}"))
+                if config.get_str("data.kind", "tabular") == "imaging":
+                    # the dataset's path is its manifest (images listed with labels and patients)
+                    dataset: SiteDataset = ImageDataset.from_manifest(
+                        entry.path,
+                        ImagingContract.model_validate_json(raw_contract),
+                        test_fraction=fraction,
+                        seed=seed,
+                        site=self.node_id,
+                    )
+                else:
+                    dataset = build_site_dataset(
+                        read_table(entry.path),
+                        DataContract.model_validate_json(raw_contract),
+                        site=self.node_id,
+                        test_fraction=fraction,
+                        seed=seed,
+                    )
             except ValidationError as e:
                 raise ConfigError(f"the study's data contract is invalid: {e}") from None
-            dataset = build_site_dataset(
-                read_table(entry.path),
-                contract,
-                site=self.node_id,
-                test_fraction=config.get_float("data.test_fraction", 0.2),
-                seed=derive_seed(config.get_int("study.seed", 0), "split", self.node_id),
-            )
             self._cache[study_id] = dataset
             return dataset

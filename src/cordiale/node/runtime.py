@@ -15,7 +15,7 @@ from cordiale.core.codec import DecodeLimits, decode_message, encode_message
 from cordiale.core.errors import CordialeError, ProtocolError, WireError
 from cordiale.core.messages import Content, Envelope, ErrorInfo, Message, ReplayGuard
 from cordiale.core.records import ConfigRecord
-from cordiale.data.local import LocalDataset
+from cordiale.data.local import SiteDataset
 from cordiale.governance.plans import PlanApprovals
 from cordiale.governance.policy import SitePolicy, TaskFacts
 from cordiale.learn.dp import release_epsilon
@@ -27,7 +27,7 @@ from cordiale.node.privacy import PrivacyKeeper
 __all__ = ["DatasetResolver", "NodeRuntime"]
 
 #: Finds the local dataset a study's task runs on: ``(study_id, task config) -> dataset``.
-DatasetResolver = Callable[[str, ConfigRecord], LocalDataset]
+DatasetResolver = Callable[[str, ConfigRecord], SiteDataset]
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ class NodeRuntime:
     def __init__(
         self,
         node_id: str,
-        dataset: LocalDataset | DatasetResolver,
+        dataset: SiteDataset | DatasetResolver,
         *,
         limits: DecodeLimits | None = None,
         privacy: PrivacyKeeper | None = None,
@@ -55,7 +55,7 @@ class NodeRuntime:
         self.approvals = approvals  # None: no code approval (simulation)
         self.hub_country: str | None = None  # from the hub's certificate, set by the agent
         self._resolve: DatasetResolver = (
-            (lambda _study, _config: dataset) if isinstance(dataset, LocalDataset) else dataset
+            dataset if callable(dataset) else (lambda _study, _config: dataset)
         )
         self.state = NodeState()
         self._guard = ReplayGuard()
@@ -149,7 +149,7 @@ class NodeRuntime:
         return content
 
 
-def _facts(message: Message, dataset: LocalDataset, hub_country: str | None) -> TaskFacts:
+def _facts(message: Message, dataset: SiteDataset, hub_country: str | None) -> TaskFacts:
     cfg = message.content.config
     dp = cfg.get_str("dp.mode", "") or None
     planned = None

@@ -250,7 +250,7 @@ def _pooled_dataset(sites: dict[str, LocalDataset]) -> LocalDataset:
         np.concatenate([d.y_train for d in sites.values()]),
         np.concatenate([d.x_test for d in sites.values()]),
         np.concatenate([d.y_test for d in sites.values()]),
-        first.feature_names,
+        list(getattr(first, "feature_names", [])),
     )
 
 
@@ -326,7 +326,7 @@ def simulate(
     return SimulationResult(
         spec=spec,
         dataset=name,
-        feature_names=first.feature_names,
+        feature_names=list(getattr(first, "feature_names", [])),
         site_sizes={s: (d.num_train, d.num_test) for s, d in sites.items()},
         federated=fed,
         pooled=pooled,

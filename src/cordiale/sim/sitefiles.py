@@ -14,7 +14,9 @@ import numpy as np
 import tomli_w
 
 from cordiale.data.catalog import get_dataset
-from cordiale.data.local import LocalDataset, build_site_dataset
+from cordiale.data.imaging.contract import ImagingContract
+from cordiale.data.imaging.dataset import ImageDataset
+from cordiale.data.local import SiteDataset, build_site_dataset
 from cordiale.data.partition import PartitionSpec, partition_indices
 from cordiale.data.tabular import read_table
 from cordiale.governance.plans import builtin_plan
@@ -63,15 +65,23 @@ def write_site_files(
     return configs
 
 
-def site_datasets(spec: StudySpec, tables: dict[str, Path]) -> dict[str, LocalDataset]:
-    """What each node builds from its table (site -> CSV/Parquet path) for ``spec``."""
-    return {
-        site: build_site_dataset(
-            read_table(tables[site]),
-            spec.data.contract,
-            site=site,
-            test_fraction=spec.data.test_fraction,
-            seed=derive_seed(spec.study.seed, "split", site),
-        )
-        for site in spec.study.sites
-    }
+def site_datasets(spec: StudySpec, tables: dict[str, Path]) -> dict[str, SiteDataset]:
+    """What each node builds from its file (site -> CSV/Parquet table, or an imaging manifest)
+    for ``spec``."""
+    out: dict[str, SiteDataset] = {}
+    for site in spec.study.sites:
+        seed = derive_seed(spec.study.seed, "split", site)
+        contract = spec.data.contract
+        if isinstance(contract, ImagingContract):
+            out[site] = ImageDataset.from_manifest(
+                tables[site], contract, test_fraction=spec.data.test_fraction, seed=seed, site=site
+            )
+        else:
+            out[site] = build_site_dataset(
+                read_table(tables[site]),
+                contract,
+                site=site,
+                test_fraction=spec.data.test_fraction,
+                seed=seed,
+            )
+    return out

@@ -116,6 +116,11 @@ class ImageDataset:
         return int(self.x_train.shape[1])
 
     @property
+    def num_features(self) -> int:
+        """What a plan's ``build_model(num_features)`` receives for images: the channels."""
+        return self.channels
+
+    @property
     def subgroup_columns(self) -> list[str]:
         return list(self.subgroups_train)
 
