@@ -34,6 +34,7 @@ bench: $(STAMP)
 	$(PY) bench/round_overhead.py
 	$(PY) bench/network_round.py
 	$(PY) bench/privacy_utility.py
+	$(PY) bench/imaging_pipeline.py
 
 clean:
 	rm -rf $(VENV) demo-results .pytest_cache .hypothesis .ruff_cache
