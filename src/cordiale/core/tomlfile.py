@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Self
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from cordiale.core.errors import ConfigError
 
-__all__ = ["read_toml", "validation_problems"]
+__all__ = ["ContractModel", "read_toml", "validation_problems"]
 
 
 def read_toml(path: str | Path, what: str) -> dict[str, Any]:
@@ -35,3 +35,24 @@ def validation_problems(error: ValidationError) -> list[str]:
     return [
         f"{'.'.join(str(p) for p in err['loc']) or '(top)'}: {err['msg']}" for err in error.errors()
     ]
+
+
+class ContractModel(BaseModel):
+    """Base of the contracts users write in TOML (a ``[contract]`` table or the whole file)."""
+
+    what: ClassVar[str] = "contract"
+
+    @classmethod
+    def from_toml(cls, path: str | Path) -> Self:
+        raw = read_toml(path, f"{cls.what} file")
+        return cls.parse(raw.get("contract", raw), source=str(path))
+
+    @classmethod
+    def parse(cls, raw: object, *, source: str | None = None) -> Self:
+        """Validate a mapping; every problem is listed in one ConfigError."""
+        try:
+            return cls.model_validate(raw)
+        except ValidationError as e:
+            problems = "; ".join(validation_problems(e))
+            subject = f"{source} is" if source else "this is"
+            raise ConfigError(f"{subject} not a valid {cls.what}: {problems}") from None

@@ -11,15 +11,14 @@ Contracts are pydantic models, so they load from a study spec (TOML) or JSON unc
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from cordiale.core.errors import ConfigError, ContractViolation
-from cordiale.core.tomlfile import read_toml, validation_problems
+from cordiale.core.tomlfile import ContractModel
 
 __all__ = ["DataContract", "FieldSpec", "TargetSpec", "infer_contract"]
 
@@ -78,10 +77,11 @@ def _norm(v: object) -> str:
     return str(v).strip()
 
 
-class DataContract(BaseModel):
+class DataContract(ContractModel):
     """What a dataset must look like for a study to run on it."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+    what: ClassVar[str] = "data contract"
 
     name: str = Field(min_length=1)
     fields: list[FieldSpec] = Field(min_length=1)
@@ -96,19 +96,6 @@ class DataContract(BaseModel):
         if dup:
             raise ValueError(f"duplicate field names in contract: {', '.join(dup)}")
         return self
-
-    @classmethod
-    def from_toml(cls, path: str | Path) -> DataContract:
-        raw = read_toml(path, "contract file")
-        return cls.parse(raw.get("contract", raw), source=str(path))
-
-    @classmethod
-    def parse(cls, raw: object, *, source: str = "contract") -> DataContract:
-        try:
-            return cls.model_validate(raw)
-        except ValidationError as e:
-            problems = "; ".join(validation_problems(e))
-            raise ConfigError(f"{source} is not a valid data contract: {problems}") from None
 
     @property
     def field_names(self) -> list[str]:

@@ -14,13 +14,11 @@ stricter: when the contract sets ``spacing_mm``, a file that records no spacing 
 from __future__ import annotations
 
 import re
-from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
-from cordiale.core.errors import ConfigError
-from cordiale.core.tomlfile import read_toml, validation_problems
+from cordiale.core.tomlfile import ContractModel
 from cordiale.data.imaging.deid import DEFAULT_IDENTIFIER_FIELDS, unknown_keywords
 
 __all__ = ["ANY_MODALITY", "ImagingContract"]
@@ -30,10 +28,11 @@ ANY_MODALITY = "any"
 _MODALITY = re.compile(r"^[A-Z0-9_]{1,16}$")
 
 
-class ImagingContract(BaseModel):
+class ImagingContract(ContractModel):
     """What a site's images must look like for a study to run on them."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+    what: ClassVar[str] = "imaging contract"
 
     name: str = Field(min_length=1)
     #: DICOM modality code ("CT", "MR", "XR", "OT", ...) or "any".
@@ -85,19 +84,6 @@ class ImagingContract(BaseModel):
         if bad:
             raise ValueError(f"identifier_fields has unknown DICOM keyword(s): {', '.join(bad)}")
         return self
-
-    @classmethod
-    def from_toml(cls, path: str | Path) -> ImagingContract:
-        raw = read_toml(path, "imaging contract file")
-        return cls.parse(raw.get("contract", raw), source=str(path))
-
-    @classmethod
-    def parse(cls, raw: object, *, source: str = "imaging contract") -> ImagingContract:
-        try:
-            return cls.model_validate(raw)
-        except ValidationError as e:
-            problems = "; ".join(validation_problems(e))
-            raise ConfigError(f"{source} is not a valid imaging contract: {problems}") from None
 
     @property
     def any_modality(self) -> bool:
