@@ -141,7 +141,7 @@ class LocalConsortium:
 
     def node_http(self, site: str | None, *, kit: EnrolmentKit | None = None) -> httpx.Client:
         """An HTTPS client presenting ``site``'s certificate (None: no client certificate)."""
-        from cordiale.crypto.pki import client_ssl_context
+        from cordiale.crypto.tls import client_ssl_context
 
         d = self.root / "tls" / (site or "anonymous")
         d.mkdir(parents=True, exist_ok=True)

@@ -28,14 +28,11 @@ from cordiale.crypto.pki import (
     CertificateAuthority,
     EnrolmentKit,
     Identity,
-    client_ssl_context,
-    hash_token,
     identity_of,
-    new_token,
-    server_ssl_context,
-    token_matches,
     verify_issued_by,
 )
+from cordiale.crypto.tls import client_ssl_context, server_ssl_context
+from cordiale.crypto.tokens import hash_token, new_token, token_matches
 
 HUB_URL = "https://127.0.0.1:8443"
 TIMEOUT = 5.0

@@ -11,7 +11,9 @@ from the ``cryptography`` package. Modules:
 * :mod:`~cordiale.crypto.graph` the SecAgg+ neighbour graph;
 * :mod:`~cordiale.crypto.messages` the round configuration and the wire messages;
 * :mod:`~cordiale.crypto.secagg` client and server state machines and in-process drivers;
-* :mod:`~cordiale.crypto.pki` consortium CA, node certificates, kits, tokens, TLS (does file I/O).
+* :mod:`~cordiale.crypto.pki` consortium CA, node certificates, CRL, enrolment kits (file I/O);
+* :mod:`~cordiale.crypto.tokens` researcher bearer tokens, stored as hashes;
+* :mod:`~cordiale.crypto.tls` the hub's and clients' TLS contexts, a server's identity.
 
 Depends only on :mod:`cordiale.core`, numpy and cryptography.
 """
@@ -36,12 +38,7 @@ from .pki import (
     EnrolmentKit,
     Identity,
     IssuedCertificate,
-    client_ssl_context,
-    hash_token,
     identity_of,
-    new_token,
-    server_ssl_context,
-    token_matches,
     verify_issued_by,
 )
 from .prg import expand_mask
@@ -55,6 +52,8 @@ from .secagg import (
     run_secagg_round,
 )
 from .shamir import Share, combine_shares, split_secret
+from .tls import client_ssl_context, server_ssl_context
+from .tokens import hash_token, new_token, token_matches
 
 __all__ = [
     "AdvertiseKeysRequest",

@@ -29,14 +29,11 @@ Errors of ``cryptography`` and :mod:`ssl` are translated here.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import ipaddress
 import json
 import os
 import re
 import secrets
-import ssl
 import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -62,18 +59,11 @@ __all__ = [
     "HUB_KEY",
     "HUB_SITE_ID",
     "KIT_VERSION",
-    "TOKEN_PREFIX",
     "CertificateAuthority",
     "EnrolmentKit",
     "Identity",
     "IssuedCertificate",
-    "client_ssl_context",
-    "hash_token",
     "identity_of",
-    "new_token",
-    "peer_identity",
-    "server_ssl_context",
-    "token_matches",
     "verify_issued_by",
 ]
 
@@ -96,8 +86,6 @@ HUB_COUNTRY = "ZZ"
 """Country of the hub's certificate: ``ZZ`` is user-assigned in ISO 3166 (no one country)."""
 KIT_VERSION = 1
 """Format version of an enrolment kit file."""
-TOKEN_PREFIX = "cdl_"
-"""Prefix of researcher tokens, so that a leaked token is easy to recognise and scan for."""
 
 NODE_KEY_FILE = "node.key"
 NODE_CERT_FILE = "node.pem"
@@ -533,30 +521,6 @@ def verify_issued_by(
             raise CryptoError(f"{what} expired on {c.not_valid_after_utc.isoformat()}")
 
 
-# -- researcher tokens ------------------------------------------------------------------------
-
-
-def new_token() -> str:
-    """A fresh researcher bearer token: ``cdl_`` and 32 random bytes, URL-safe base64."""
-    return TOKEN_PREFIX + secrets.token_urlsafe(32)
-
-
-def hash_token(token: str) -> str:
-    """The hex SHA-256 of a token: what the hub stores instead of the token.
-
-    A plain hash is enough: the token is a 256-bit random secret, so no dictionary or
-    brute-force attack on the hash is feasible and a slow password hash would only add latency.
-    """
-    return hashlib.sha256(token.encode("utf-8")).hexdigest()
-
-
-def token_matches(token: str, token_hash: str) -> bool:
-    """Whether ``token`` hashes to ``token_hash`` (constant-time comparison)."""
-    if not isinstance(token, str) or not isinstance(token_hash, str):
-        return False
-    return hmac.compare_digest(hash_token(token).encode(), token_hash.encode("utf-8"))
-
-
 # -- enrolment kit ----------------------------------------------------------------------------
 
 
@@ -666,54 +630,6 @@ class EnrolmentKit:
 
 
 _PEM_KEYS = ("ca_cert", "cert", "key")
-
-
-# -- TLS contexts -----------------------------------------------------------------------------
-
-
-def server_ssl_context(ca: CertificateAuthority) -> ssl.SSLContext:
-    """The hub's TLS context: hub certificate, TLS ≥ 1.2, client certificates optional.
-
-    A client certificate, when sent, must chain to the consortium CA (else the handshake fails);
-    endpoints that need one check its presence, role and revocation with
-    :meth:`CertificateAuthority.check_peer`.
-    """
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    try:
-        context.load_cert_chain(ca.hub_cert_path, ca.hub_key_path)
-        context.load_verify_locations(cafile=ca.ca_cert_path)
-    except FileNotFoundError as exc:
-        raise ConfigError(f"cannot build the hub's TLS context: missing {exc.filename}") from None
-    except ssl.SSLError as exc:
-        raise CryptoError(f"cannot build the hub's TLS context: {exc}") from None
-    context.verify_mode = ssl.CERT_OPTIONAL
-    return context
-
-
-def client_ssl_context(
-    ca_cert: Path, cert: Path | None = None, key: Path | None = None
-) -> ssl.SSLContext:
-    """A client TLS context trusting only ``ca_cert``, with an optional client certificate.
-
-    Checks the server's host name against its certificate. ``key`` may be left out when
-    ``cert`` holds both certificate and key.
-    """
-    if key is not None and cert is None:
-        raise ConfigError("a client key was given without its certificate")
-    for path in (ca_cert, cert, key):
-        if path is not None and not Path(path).is_file():
-            raise ConfigError(f"cannot build a TLS client context: {path} does not exist")
-    try:
-        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(ca_cert))
-        context.minimum_version = ssl.TLSVersion.TLSv1_2
-        context.check_hostname = True
-        context.verify_mode = ssl.CERT_REQUIRED
-        if cert is not None:
-            context.load_cert_chain(cert, key)
-    except ssl.SSLError as exc:
-        raise CryptoError(f"cannot build a TLS client context: {exc}") from None
-    return context
 
 
 # -- helpers ----------------------------------------------------------------------------------
@@ -849,26 +765,3 @@ def _write(path: Path, data: bytes, mode: int) -> None:
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
-
-
-def peer_identity(url: str, context: ssl.SSLContext, *, timeout: float = 10.0) -> Identity:
-    """The identity in the certificate of the TLS server at ``url`` (verified by ``context``).
-
-    A node uses it to learn the hub's country from the hub's own certificate, not from its word.
-    """
-    import socket
-    from urllib.parse import urlsplit
-
-    parts = urlsplit(url)
-    host, port = parts.hostname or "", parts.port or 443
-    try:
-        with (
-            socket.create_connection((host, port), timeout=timeout) as raw,
-            context.wrap_socket(raw, server_hostname=host) as tls,
-        ):
-            der = tls.getpeercert(binary_form=True)
-    except (OSError, ssl.SSLError) as exc:
-        raise CryptoError(f"cannot read the certificate of {url}: {exc}") from None
-    if der is None:
-        raise CryptoError(f"{url} presented no certificate")
-    return identity_of(der)

@@ -13,7 +13,8 @@ from pathlib import Path
 from sqlalchemy.exc import IntegrityError
 
 from cordiale.core.errors import ConfigError
-from cordiale.crypto.pki import CertificateAuthority, EnrolmentKit, hash_token, new_token
+from cordiale.crypto.pki import CertificateAuthority, EnrolmentKit
+from cordiale.crypto.tokens import hash_token, new_token
 from cordiale.hub.db import Database, ResearcherRow, SiteRow, utcnow
 from cordiale.hub.settings import HubSettings, hub_audit_log
 

@@ -32,7 +32,8 @@ from cordiale.core.errors import (
     ProtocolError,
 )
 from cordiale.core.jsonsafe import finite
-from cordiale.crypto.pki import CertificateAuthority, hash_token
+from cordiale.crypto.pki import CertificateAuthority
+from cordiale.crypto.tokens import hash_token
 from cordiale.hub.checkpoints import load_checkpoint
 from cordiale.hub.db import (
     Database,

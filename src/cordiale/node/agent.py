@@ -24,7 +24,8 @@ import httpx
 
 from cordiale.core.codec import DecodeLimits, decode_message
 from cordiale.core.errors import AuthenticationError, CryptoError, TransportError, WireError
-from cordiale.crypto.pki import EnrolmentKit, client_ssl_context, peer_identity
+from cordiale.crypto.pki import EnrolmentKit
+from cordiale.crypto.tls import client_ssl_context, peer_identity
 from cordiale.governance.audit import AuditLog
 from cordiale.node.config import NodeConfig, SiteData
 from cordiale.node.runtime import NodeRuntime
