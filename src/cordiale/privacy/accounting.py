@@ -22,8 +22,10 @@ clipping helpers does not pay for it.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, Literal, get_args
 
@@ -142,15 +144,30 @@ def _fresh_accountant(kind: AccountantKind) -> _DpAccountant:
     return PLDAccountant(value_discretization_interval=PLD_DISCRETIZATION)
 
 
+@contextlib.contextmanager
+def _quiet_accountant() -> Iterator[None]:
+    """dp_accounting logs a warning per RDP order that fails to converge (thousands per call in
+    some regimes, harmless: those orders are skipped); keep them out of node and hub logs."""
+    log = logging.getLogger("absl")
+    level = log.level
+    log.setLevel(max(level, logging.ERROR))
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+
+
 def _compose(accountant: _DpAccountant, events: list[GaussianEvent]) -> None:
     import dp_accounting
 
     if events:
-        accountant.compose(dp_accounting.ComposedDpEvent([e.to_dp_event() for e in events]))
+        with _quiet_accountant():
+            accountant.compose(dp_accounting.ComposedDpEvent([e.to_dp_event() for e in events]))
 
 
 def _epsilon_of(accountant: _DpAccountant, delta: float) -> float:
-    value = float(accountant.get_epsilon(delta))
+    with _quiet_accountant():
+        value = float(accountant.get_epsilon(delta))
     if math.isnan(value) or value < 0:  # pragma: no cover - a library fault, never seen
         raise PrivacyError(f"the accountant returned an invalid epsilon {value!r}")
     return value
