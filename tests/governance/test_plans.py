@@ -9,7 +9,7 @@ import pytest
 from cordiale.core.errors import PolicyRefusal, UnknownNameError
 from cordiale.core.messages import Content, Envelope, Message
 from cordiale.core.records import ConfigRecord
-from cordiale.governance.plans import BUILTIN_PLANS, PlanApprovals, builtin_plan
+from cordiale.governance.plans import BUILTIN_PLANS, PlanApprovals, builtin_plan, custom_plan
 from cordiale.learn.models import ModelSpec, build_model, get_weights
 from cordiale.node.runtime import NodeRuntime
 
@@ -67,3 +67,26 @@ def test_a_one_byte_change_is_a_new_plan_and_is_refused(pima_sites, tmp_path):
     assert "different code versions" in reply.content.error.message
     with pytest.raises(PolicyRefusal):
         approvals.check("builtin:tabular", modified)
+
+
+def test_a_received_plan_is_kept_as_text_and_never_executed_before_approval(tmp_path):
+    marker = tmp_path / "ran"
+    source = f"open({str(marker)!r}, 'w').close()\n\ndef build_model(num_features):\n    pass\n"
+    plan = custom_plan(source)
+    approvals = PlanApprovals(tmp_path / "state" / "approved.json")
+
+    with pytest.raises(PolicyRefusal, match="not approved"):
+        approvals.check(plan.name, plan.sha256, source)
+
+    assert approvals.pending(plan.sha256).source == source  # kept for the custodian's review
+    assert not marker.exists()  # ... and nothing of it ran
+
+
+def test_an_approved_plan_file_edited_after_approval_is_refused(tmp_path):
+    source = "def build_model(num_features):\n    return None\n"
+    plan = custom_plan(source)
+    approvals = PlanApprovals(tmp_path / "approved.json")
+    approvals.approve(plan, by="custodian")
+    (approvals.approved_dir / f"{plan.sha256}.py").write_text(source + "import os\n")
+    with pytest.raises(PolicyRefusal, match="changed since approval"):
+        approvals.builder(plan.sha256)

@@ -17,7 +17,9 @@ A *custom plan* is researcher-written Python submitted with a study: a file that
 (Cordiale's trainer, DP and secure aggregation run around it). Its identity is the SHA-256 of its
 text. The hub never executes it: the researcher's own machine builds the initial weights at
 submission. A node keeps every custom plan it is asked to run in ``plans/<sha256>.py`` of its state
-directory for review, and runs it only once the custodian approved that hash.
+directory for review (as text, never executed). Approving it writes the reviewed text to
+``plans/approved/<sha256>.py``, the only place plans are imported from, and the hash is checked
+again at import: nothing received over the wire is executed as such.
 """
 
 from __future__ import annotations
@@ -25,8 +27,10 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import hashlib
+import importlib.util
 import json
 import os
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +45,7 @@ __all__ = [
     "builtin_plan",
     "custom_plan",
     "load_plan",
+    "own_plan_builder",
 ]
 
 #: Built-in plans: the modules whose source is the code a node runs on its data, in hash order.
@@ -91,25 +96,50 @@ def custom_plan(source: str, *, name: str = "custom") -> Plan:
 
 
 _LOADED: dict[str, Callable[[int], Any]] = {}
+_OWN_STORE: Path | None = None  # this process's store for the researcher's own plans
 
 
-def load_plan(plan: Plan) -> Callable[[int], Any]:
-    """The ``build_model`` of a custom plan (its module executed once per process).
+def load_plan(path: Path, sha256: str) -> Callable[[int], Any]:
+    """The ``build_model`` of the approved plan file ``path``, imported once per process.
 
-    Call only after :meth:`PlanApprovals.check` at a node, or on the researcher's own machine.
+    Nothing that arrives over the wire is ever executed: a node imports only files of its own
+    approved store, and the file's SHA-256 is checked again at import time, so a file edited
+    after its approval is refused.
     """
-    builder = _LOADED.get(plan.sha256)
-    if builder is None:
-        namespace: dict[str, Any] = {"__name__": f"cordiale_plan_{plan.sha256[:12]}"}
-        try:
-            exec(compile(plan.source, f"<plan {plan.name} {plan.sha256[:12]}>", "exec"), namespace)
-        except Exception as e:  # the researcher's code: report, never crash the node
-            raise ConfigError(f"plan {plan.name} does not load: {type(e).__name__}: {e}") from None
-        builder = namespace.get("build_model")
-        if not callable(builder):
-            raise ConfigError(f"plan {plan.name} defines no callable build_model")
-        _LOADED[plan.sha256] = builder
+    builder = _LOADED.get(sha256)
+    if builder is not None:
+        return builder
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise PolicyRefusal(f"plan {sha256[:16]}... has no approved file at this node") from None
+    if hashlib.sha256(data).hexdigest() != sha256:
+        raise PolicyRefusal(f"the approved file of plan {sha256[:16]}... changed since approval")
+    spec = importlib.util.spec_from_file_location(f"cordiale_plan_{sha256[:16]}", path)
+    if spec is None or spec.loader is None:  # pragma: no cover - a .py path always has one
+        raise ConfigError(f"plan {sha256[:16]}... cannot be imported")
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as e:  # the researcher's code: report, never crash the node
+        raise ConfigError(f"plan {sha256[:16]}... does not load: {type(e).__name__}: {e}") from None
+    builder = getattr(module, "build_model", None)
+    if not callable(builder):
+        raise ConfigError(f"plan {sha256[:16]}... defines no callable build_model")
+    _LOADED[sha256] = builder
     return builder
+
+
+def own_plan_builder(plan: Plan, store: Path | None = None) -> Callable[[int], Any]:
+    """A researcher's ``build_model`` on the researcher's own machine (initial weights,
+    simulation): their plan goes through an approval store of theirs like any node's."""
+    global _OWN_STORE
+    if store is None:
+        _OWN_STORE = _OWN_STORE or Path(tempfile.mkdtemp(prefix="cordiale-own-plans-"))
+        store = _OWN_STORE
+    approvals = PlanApprovals(store / "approved-plans.json")
+    approvals.approve(plan, by="the researcher (own machine)")
+    return approvals.builder(plan.sha256)
 
 
 class PlanApprovals:
@@ -117,7 +147,8 @@ class PlanApprovals:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.pending_dir = path.parent / "plans"  # custom plans seen, kept for review
+        self.pending_dir = path.parent / "plans"  # custom plans seen, kept for review (text)
+        self.approved_dir = self.pending_dir / "approved"  # the only plan files ever imported
 
     def pending(self, sha256: str) -> Plan | None:
         """A custom plan this node was asked to run (for ``plans show``/``approve``)."""
@@ -148,6 +179,13 @@ class PlanApprovals:
         return self._read()
 
     def approve(self, plan: Plan, *, by: str) -> None:
+        if plan.name.startswith("custom:"):  # the reviewed text becomes the file that runs
+            self.approved_dir.mkdir(parents=True, exist_ok=True)
+            target = self.approved_dir / f"{plan.sha256}.py"
+            fd, tmp = tempfile.mkstemp(dir=self.approved_dir, suffix=".tmp")
+            with os.fdopen(fd, "wb") as f:
+                f.write(plan.source.encode("utf-8"))
+            os.replace(tmp, target)
         data = self._read()
         data[plan.sha256] = {
             "name": plan.name,
@@ -160,7 +198,15 @@ class PlanApprovals:
         data = self._read()
         found = data.pop(sha256, None) is not None
         self._write(data)
+        (self.approved_dir / f"{sha256}.py").unlink(missing_ok=True)
+        _LOADED.pop(sha256, None)
         return found
+
+    def builder(self, sha256: str) -> Callable[[int], Any]:
+        """The approved custom plan's ``build_model`` (imported from the approved file)."""
+        if sha256 not in self._read():
+            raise PolicyRefusal(f"custom plan {sha256[:16]}... is not approved here")
+        return load_plan(self.approved_dir / f"{sha256}.py", sha256)
 
     def check(self, expected_name: str, expected_sha: str, source: str | None = None) -> Plan:
         """The plan this node would run for a task, if the task's and the custodian's agree."""

@@ -30,7 +30,7 @@ from cordiale.core.errors import ConfigError, ProtocolError
 from cordiale.core.messages import Content, Envelope, Message, Stage
 from cordiale.core.records import ArrayRecord, ConfigRecord
 from cordiale.data.features import Standardizer, combine_stats
-from cordiale.governance.plans import Plan, builtin_plan, load_plan
+from cordiale.governance.plans import Plan, builtin_plan, own_plan_builder
 from cordiale.learn.dp import ClientDP, DPSettings
 from cordiale.learn.metrics import ScoreHistogram, compute_metrics
 from cordiale.learn.models import ModelSpec, build_model, build_with, get_weights
@@ -234,7 +234,7 @@ class Federation:
         if self.config.initial_weights is not None:
             self.weights = self.config.initial_weights.copy()
         elif self.config.plan is not None:  # simulation: the researcher's own machine
-            builder = load_plan(self.config.plan)
+            builder = own_plan_builder(self.config.plan)
             self.weights = get_weights(build_with(builder, num_features, seed=self.config.seed))
         else:
             model = build_model(self.config.model, num_features, seed=self.config.seed)

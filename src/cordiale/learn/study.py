@@ -47,7 +47,7 @@ from cordiale.core.tomlfile import read_toml, validation_problems
 from cordiale.data.contract import DataContract
 from cordiale.data.features import FeatureEncoder
 from cordiale.data.imaging.contract import ImagingContract
-from cordiale.governance.plans import Plan, custom_plan, load_plan
+from cordiale.governance.plans import Plan, custom_plan, own_plan_builder
 from cordiale.learn.dp import DPSettings
 from cordiale.learn.federation import FederationConfig
 from cordiale.learn.models import ModelSpec, build_with, get_weights
@@ -281,7 +281,7 @@ class StudySpec(_Section):
             if isinstance(contract, ImagingContract)
             else FeatureEncoder(contract).num_features
         )
-        model = build_with(load_plan(plan), num_features, seed=self.study.seed)
+        model = build_with(own_plan_builder(plan), num_features, seed=self.study.seed)
         blob = base64.b64encode(st_save(dict(get_weights(model).items()))).decode()
         return self.model_copy(
             update={"model": self.model.model_copy(update={"initial_weights": blob})}

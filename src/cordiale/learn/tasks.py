@@ -8,8 +8,9 @@ aggregate: feature statistics, a model update and an example count, or a score h
 from __future__ import annotations
 
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -18,7 +19,6 @@ from cordiale.core.messages import Content
 from cordiale.core.records import ArrayRecord, ConfigRecord, MetricRecord
 from cordiale.data.features import Standardizer, feature_stats
 from cordiale.data.local import SiteDataset
-from cordiale.governance.plans import custom_plan, load_plan
 from cordiale.learn.dp import privatise_update, sample_level_noise
 from cordiale.learn.metrics import ScoreHistogram
 from cordiale.learn.models import (
@@ -53,9 +53,11 @@ def derive_seed(*parts: int | str) -> int:
 @dataclass
 class NodeState:
     """What a node remembers between rounds, by study: its personalised (local) layers and its
-    secure-aggregation client state (see :mod:`cordiale.learn.secure_aggregation`)."""
+    secure-aggregation client state (see :mod:`cordiale.learn.secure_aggregation`), and the
+    custom plans it may run (imported from its approved store by the runtime)."""
 
     local_layers: dict[str, ArrayRecord] = field(default_factory=dict)
+    plans: dict[str, Callable[[int], Any]] = field(default_factory=dict)  # sha256 -> build_model
     secagg: dict[str, SecAggSession] = field(default_factory=dict)
 
 
@@ -79,9 +81,11 @@ def _model(ds: SiteDataset, content: Content, state: NodeState, study: str) -> T
         raise ProtocolError("task carries no 'weights' record")
     seed = cfg.get_int("seed", 0)
     source = cfg.get_str("plan.source", "")
-    if source:  # a custom plan (the node approved its hash before this task got here)
-        plan = custom_plan(source, name=cfg.get_str("plan.name", "custom").removeprefix("custom:"))
-        model = build_with(load_plan(plan), ds.num_features, seed=seed)
+    if source:  # a custom plan: built only by the node's approved, imported copy of it
+        builder = state.plans.get(cfg.get_str("plan.sha256", ""))
+        if builder is None:
+            raise ProtocolError("the task's custom plan is not approved at this node")
+        model = build_with(builder, ds.num_features, seed=seed)
     else:
         model = build_model(ModelSpec.from_config(cfg), ds.num_features, seed=seed)
     keep = tuple(cfg.get_str_list("local_layers"))

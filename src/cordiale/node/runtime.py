@@ -9,7 +9,8 @@ values) never leaves the site. The networked node agent wraps this same runtime.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from cordiale.core.codec import DecodeLimits, decode_message, encode_message
 from cordiale.core.errors import CordialeError, ProtocolError, WireError
@@ -48,6 +49,7 @@ class NodeRuntime:
         privacy: PrivacyKeeper | None = None,
         policy: SitePolicy | None = None,
         approvals: PlanApprovals | None = None,
+        plans: Mapping[str, Callable[[int], Any]] | None = None,
     ) -> None:
         self.node_id = node_id
         self.privacy = privacy or PrivacyKeeper()
@@ -57,7 +59,7 @@ class NodeRuntime:
         self._resolve: DatasetResolver = (
             dataset if callable(dataset) else (lambda _study, _config: dataset)
         )
-        self.state = NodeState()
+        self.state = NodeState(plans=dict(plans or {}))  # simulation: the researcher's own
         self._guard = ReplayGuard()
         self._limits = limits or DecodeLimits()
         self.tasks_run = 0
@@ -104,11 +106,13 @@ class NodeRuntime:
             raise ProtocolError(f"this node does not run stage {stage!r}")
         if self.approvals is not None:  # only code the custodian approved touches the data
             cfg = message.content.config
-            self.approvals.check(
+            plan = self.approvals.check(
                 cfg.get_str("plan.name", ""),
                 cfg.get_str("plan.sha256", ""),
                 cfg.get_str("plan.source", "") or None,
             )
+            if plan.name.startswith("custom:") and plan.sha256 not in self.state.plans:
+                self.state.plans[plan.sha256] = self.approvals.builder(plan.sha256)
         dataset = self._resolve(message.envelope.study_id, message.content.config)
         if self.policy is not None:  # the site's rules, before any work
             self.policy.check(_facts(message, dataset, self.hub_country))

@@ -29,7 +29,7 @@ from cordiale.data.contract import DataContract, infer_contract
 from cordiale.data.local import LocalDataset, split_frame
 from cordiale.data.partition import PartitionSpec, partition_indices
 from cordiale.data.tabular import read_table
-from cordiale.governance.plans import Plan
+from cordiale.governance.plans import Plan, own_plan_builder
 from cordiale.learn.dp import DPSettings
 from cordiale.learn.federation import (
     EvaluationReport,
@@ -294,7 +294,11 @@ def simulate(
         dp=spec.dp,
         plan=spec.plan,
     )
-    transport = InMemoryTransport({s: NodeRuntime(s, d).handle_bytes for s, d in sites.items()})
+    # a custom plan runs from the researcher's own approved copy, as nodes run theirs
+    plans = {spec.plan.sha256: own_plan_builder(spec.plan)} if spec.plan else {}
+    transport = InMemoryTransport(
+        {s: NodeRuntime(s, d, plans=plans).handle_bytes for s, d in sites.items()}
+    )
     with _torch_threads(1):
         federation = Federation(
             config, make_strategy(spec.strategy, **spec.strategy_params), transport
@@ -303,7 +307,11 @@ def simulate(
         pooled = pooled_on_sites = None
         if spec.pooled:
             pooled_transport = InMemoryTransport(
-                {POOLED_SITE: NodeRuntime(POOLED_SITE, _pooled_dataset(sites)).handle_bytes}
+                {
+                    POOLED_SITE: NodeRuntime(
+                        POOLED_SITE, _pooled_dataset(sites), plans=plans
+                    ).handle_bytes
+                }
             )
             pooled_fed = Federation(
                 FederationConfig(
