@@ -1,5 +1,9 @@
 """Governance: what a site and the hub can show a data-protection officer.
 
+* :mod:`~cordiale.governance.policy` - a site's policy, checked by the node before any work;
+* :mod:`~cordiale.governance.plans` - code approval: plans pinned by SHA-256;
+* :mod:`~cordiale.governance.audit_format` - the entry format: canonical JSON, hashes,
+  parsing, signatures (pure);
 * :mod:`~cordiale.governance.audit` - :class:`AuditLog`, a tamper-evident, append-only audit log
   (a hash chain in a JSON-lines file, signed with the node key), and :func:`verify`, which checks
   it with nothing but the node certificate.

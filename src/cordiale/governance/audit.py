@@ -68,14 +68,9 @@ a damaged log in a :class:`VerifyReport` rather than raising.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import fcntl
 import hashlib
-import json
-import math
 import os
-import re
 import secrets
 import threading
 from collections.abc import Iterator, Mapping
@@ -84,14 +79,27 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from os import PathLike
 from pathlib import Path
-from typing import Any, TypeAlias
+from typing import Any
 
-from cryptography import x509
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from cordiale.core.errors import ConfigError, CryptoError
+from cordiale.governance.audit_format import (
+    AuditEntry,
+    DetailValue,
+    Head,
+    canonical,
+    entry_hash,
+    head_message,
+    is_scalar,
+    load_private_key,
+    load_public_key,
+    parse_entry,
+    parse_head,
+    sign,
+    signature_ok,
+)
 
 __all__ = [
     "GENESIS",
@@ -109,8 +117,6 @@ GENESIS = "0" * 64
 HEAD_SUFFIX = ".head"
 """The head file is the log's path with this suffix added: ``audit.jsonl.head``."""
 
-DetailValue: TypeAlias = str | int | float | bool | None
-"""What a ``details`` value may be: a JSON scalar (floats finite)."""
 
 MAX_NAME_CHARS = 256
 """Longest ``actor`` or ``action``."""
@@ -126,55 +132,8 @@ MAX_DETAIL_STR_CHARS = 1024
 _FILE_MODE = 0o600
 _DIR_MODE = 0o700
 _TAIL_CHUNK = 64 * 1024
-_HEX64 = re.compile(r"^[0-9a-f]{64}$")
-_HASHED_FIELDS = (
-    "seq",
-    "time",
-    "actor",
-    "action",
-    "object",
-    "payload_sha256",
-    "payload_size",
-    "details",
-    "prev",
-)
-_ALL_FIELDS = frozenset((*_HASHED_FIELDS, "hash", "signature"))
-_HEAD_FIELDS = frozenset(("count", "last_hash", "signature"))
 _PUBLIC_UNAVAILABLE = "the audit log is unavailable"
 _PUBLIC_DAMAGED = "the audit log is damaged"
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class AuditEntry:
-    """One event. ``hash`` covers every field above it; ``signature`` signs ``hash``."""
-
-    seq: int
-    time: str
-    actor: str
-    action: str
-    object: str
-    payload_sha256: str | None
-    payload_size: int | None
-    details: dict[str, DetailValue]
-    prev: str
-    hash: str
-    signature: str | None
-
-    def as_dict(self) -> dict[str, Any]:
-        """The entry as a JSON-able dict (a line of the log, parsed)."""
-        return {
-            "seq": self.seq,
-            "time": self.time,
-            "actor": self.actor,
-            "action": self.action,
-            "object": self.object,
-            "payload_sha256": self.payload_sha256,
-            "payload_size": self.payload_size,
-            "details": dict(self.details),
-            "prev": self.prev,
-            "hash": self.hash,
-            "signature": self.signature,
-        }
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -193,159 +152,10 @@ class VerifyReport:
     problem: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class _Head:
-    count: int
-    last_hash: str
-    signature: str | None
-
-
 def head_path(path: str | PathLike[str]) -> Path:
     """The head file of the log at ``path``."""
     path = Path(path)
     return path.with_name(path.name + HEAD_SUFFIX)
-
-
-# ------------------------------------------------------------------------------ canonical form
-
-
-def _canonical(value: Mapping[str, Any]) -> bytes:
-    return json.dumps(
-        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-    ).encode("utf-8")
-
-
-def _entry_hash(fields: Mapping[str, Any]) -> str:
-    return hashlib.sha256(_canonical({k: fields[k] for k in _HASHED_FIELDS})).hexdigest()
-
-
-def _head_message(count: int, last_hash: str) -> bytes:
-    return f"{count}:{last_hash}".encode("ascii")
-
-
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in result:
-            raise ValueError(f"duplicate key {key!r}")
-        result[key] = value
-    return result
-
-
-def _no_constants(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
-def _load_json(raw: bytes) -> Any:
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise ValueError("not UTF-8") from None
-    try:
-        return json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constants)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"not JSON: {exc.msg} at character {exc.pos}") from None
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_scalar(value: object) -> bool:
-    if value is None or isinstance(value, str | bool) or _is_int(value):
-        return True
-    return isinstance(value, float) and math.isfinite(value)
-
-
-def _parse_entry(raw: bytes) -> AuditEntry:
-    """One line (without its newline) as an entry; ValueError says what is wrong with it."""
-    data = _load_json(raw)
-    if not isinstance(data, dict):
-        raise ValueError("not a JSON object")
-    if set(data) != _ALL_FIELDS:
-        missing, extra = sorted(_ALL_FIELDS - set(data)), sorted(set(data) - _ALL_FIELDS)
-        raise ValueError(f"fields missing {missing}, unexpected {extra}")
-    for name in ("time", "actor", "action", "object"):
-        if not isinstance(data[name], str):
-            raise ValueError(f"{name} is not a string")
-    if not _is_int(data["seq"]) or data["seq"] < 0:
-        raise ValueError("seq is not a non-negative integer")
-    for name in ("prev", "hash"):
-        if not isinstance(data[name], str) or not _HEX64.match(data[name]):
-            raise ValueError(f"{name} is not 64 lowercase hex digits")
-    digest, size = data["payload_sha256"], data["payload_size"]
-    if (digest is None) != (size is None):
-        raise ValueError("payload_sha256 and payload_size must both be set or both be null")
-    if digest is not None and (not isinstance(digest, str) or not _HEX64.match(digest)):
-        raise ValueError("payload_sha256 is not 64 lowercase hex digits")
-    if size is not None and (not _is_int(size) or size < 0):
-        raise ValueError("payload_size is not a non-negative integer")
-    details = data["details"]
-    if not isinstance(details, dict) or not all(_is_scalar(v) for v in details.values()):
-        raise ValueError("details is not an object of scalars")
-    if data["signature"] is not None and not isinstance(data["signature"], str):
-        raise ValueError("signature is not a string")
-    return AuditEntry(**data)
-
-
-def _parse_head(raw: bytes) -> _Head:
-    data = _load_json(raw.rstrip(b"\n"))
-    if not isinstance(data, dict) or set(data) != _HEAD_FIELDS:
-        raise ValueError(f"expected an object with fields {sorted(_HEAD_FIELDS)}")
-    count, last_hash, signature = data["count"], data["last_hash"], data["signature"]
-    if not _is_int(count) or count < 0:
-        raise ValueError("count is not a non-negative integer")
-    if not isinstance(last_hash, str) or not _HEX64.match(last_hash):
-        raise ValueError("last_hash is not 64 lowercase hex digits")
-    if signature is not None and not isinstance(signature, str):
-        raise ValueError("signature is not a string")
-    return _Head(count, last_hash, signature)
-
-
-# ------------------------------------------------------------------------------------- keys
-
-
-def _load_private_key(pem: bytes) -> ec.EllipticCurvePrivateKey:
-    if not isinstance(pem, bytes | bytearray):
-        raise CryptoError(f"signing_key_pem must be PEM bytes, got {type(pem).__name__}")
-    try:
-        key = serialization.load_pem_private_key(bytes(pem), password=None)
-    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
-        raise CryptoError(f"signing_key_pem is not an unencrypted PEM private key: {exc}") from None
-    if not isinstance(key, ec.EllipticCurvePrivateKey) or not isinstance(key.curve, ec.SECP256R1):
-        raise CryptoError("signing_key_pem is not an ECDSA P-256 key (a node key)")
-    return key
-
-
-def _load_public_key(pem: bytes) -> ec.EllipticCurvePublicKey:
-    """A certificate PEM or a public key PEM, as an ECDSA P-256 public key."""
-    if not isinstance(pem, bytes | bytearray):
-        raise CryptoError(f"public_key_pem must be PEM bytes, got {type(pem).__name__}")
-    data = bytes(pem)
-    try:
-        if b"-----BEGIN CERTIFICATE-----" in data:
-            key = x509.load_pem_x509_certificate(data).public_key()
-        else:
-            key = serialization.load_pem_public_key(data)
-    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
-        raise CryptoError(
-            f"public_key_pem is neither a PEM certificate nor a PEM public key: {exc}"
-        ) from None
-    if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, ec.SECP256R1):
-        raise CryptoError("public_key_pem does not hold an ECDSA P-256 key (a node key)")
-    return key
-
-
-def _sign(key: ec.EllipticCurvePrivateKey, message: bytes) -> str:
-    return base64.b64encode(key.sign(message, ec.ECDSA(hashes.SHA256()))).decode("ascii")
-
-
-def _signature_ok(key: ec.EllipticCurvePublicKey, signature: str, message: bytes) -> bool:
-    try:
-        key.verify(base64.b64decode(signature, validate=True), message, ec.ECDSA(hashes.SHA256()))
-    except (InvalidSignature, binascii.Error, ValueError):
-        return False
-    return True
 
 
 # ------------------------------------------------------------------------------------- files
@@ -449,7 +259,7 @@ def _details(details: Mapping[str, DetailValue] | None) -> dict[str, DetailValue
     result: dict[str, DetailValue] = {}
     for key, value in details.items():
         _text("details key", key, MAX_DETAIL_KEY_CHARS)
-        if not _is_scalar(value):
+        if not is_scalar(value):
             raise ConfigError(
                 f"audit details[{key!r}] must be a string, integer, finite float, boolean or "
                 f"None, got {type(value).__name__}"
@@ -488,7 +298,7 @@ class AuditLog:
     def __init__(self, path: str | PathLike[str], *, signing_key_pem: bytes | None = None) -> None:
         self._path = Path(path)
         self._head_path = head_path(self._path)
-        self._key = None if signing_key_pem is None else _load_private_key(signing_key_pem)
+        self._key = None if signing_key_pem is None else load_private_key(signing_key_pem)
         self._public = None if self._key is None else self._key.public_key()
         self._lock = threading.Lock()
         try:
@@ -546,9 +356,9 @@ class AuditLog:
     def _write_head(self, count: int, last_hash: str) -> None:
         signature = None
         if self._key is not None:
-            signature = _sign(self._key, _head_message(count, last_hash))
+            signature = sign(self._key, head_message(count, last_hash))
         head = {"count": count, "last_hash": last_hash, "signature": signature}
-        _write_atomic(self._head_path, _canonical(head) + b"\n")
+        _write_atomic(self._head_path, canonical(head) + b"\n")
 
     def _damaged(self, why: str) -> CryptoError:
         return CryptoError(
@@ -556,7 +366,7 @@ class AuditLog:
             public_message=_PUBLIC_DAMAGED,
         )
 
-    def _check_head(self, head: _Head) -> None:
+    def _check_head(self, head: Head) -> None:
         """Refuse to extend a log whose head this instance cannot (or must not) sign over."""
         if self._public is None:
             if head.signature is not None:
@@ -573,9 +383,7 @@ class AuditLog:
                     public_message="the audit log is not signed",
                 )
             return
-        if not _signature_ok(
-            self._public, head.signature, _head_message(head.count, head.last_hash)
-        ):
+        if not signature_ok(self._public, head.signature, head_message(head.count, head.last_hash)):
             raise self._damaged(
                 "its head is not signed by this key (another site's key, or a forged head)"
             )
@@ -587,9 +395,9 @@ class AuditLog:
         if raw_head is None:
             if size > 0:
                 raise self._damaged("its head file is missing")
-            raw_head = _canonical({"count": 0, "last_hash": GENESIS, "signature": None})
+            raw_head = canonical({"count": 0, "last_hash": GENESIS, "signature": None})
         try:
-            head = _parse_head(raw_head)
+            head = parse_head(raw_head)
         except ValueError as exc:
             raise self._damaged(f"its head file is not valid ({exc})") from None
         self._check_head(head)
@@ -597,10 +405,10 @@ class AuditLog:
             count, last_hash, last_prev = 0, GENESIS, None
         else:
             try:
-                last = _parse_entry(line)
+                last = parse_entry(line)
             except ValueError as exc:
                 raise self._damaged(f"its last line is not a valid entry ({exc})") from None
-            if _entry_hash(last.as_dict()) != last.hash:
+            if entry_hash(last.as_dict()) != last.hash:
                 raise self._damaged("its last entry does not match its hash (edited)")
             count, last_hash, last_prev = last.seq + 1, last.hash, last.prev
         if head.count == count and head.last_hash == last_hash:
@@ -647,15 +455,15 @@ class AuditLog:
                 seq, prev, complete_end = self._position(fd)
                 fields["seq"], fields["prev"] = seq, prev
                 fields["time"] = datetime.now(UTC).isoformat(timespec="microseconds")
-                fields["hash"] = _entry_hash(fields)
+                fields["hash"] = entry_hash(fields)
                 fields["signature"] = None
                 if self._key is not None:
-                    fields["signature"] = _sign(self._key, fields["hash"].encode("ascii"))
+                    fields["signature"] = sign(self._key, fields["hash"].encode("ascii"))
                 entry = AuditEntry(**fields)
                 if os.fstat(fd).st_size != complete_end:
                     os.ftruncate(fd, complete_end)
                 try:
-                    _write_all(fd, _canonical(entry.as_dict()) + b"\n")
+                    _write_all(fd, canonical(entry.as_dict()) + b"\n")
                     os.fsync(fd)
                 except BaseException:
                     os.ftruncate(fd, complete_end)
@@ -685,7 +493,7 @@ class AuditLog:
         result = []
         for index, line in enumerate(lines):
             try:
-                result.append(_parse_entry(line))
+                result.append(parse_entry(line))
             except ValueError as exc:
                 raise CryptoError(
                     f"audit log {self._path}: line {index} is not a valid entry ({exc}); "
@@ -765,15 +573,15 @@ class _Checker:
     def entry(self, index: int, line: bytes) -> str | None:
         """None if line ``index`` is a good next entry, else what is wrong with it."""
         try:
-            entry = _parse_entry(line)
+            entry = parse_entry(line)
         except ValueError as exc:
             return f"line {index}: not a valid entry ({exc})"
-        if _entry_hash(entry.as_dict()) != entry.hash:
+        if entry_hash(entry.as_dict()) != entry.hash:
             return f"entry {index}: hash does not match its content (edited)"
         if self.public is not None:
             if entry.signature is None:
                 return f"entry {index}: not signed"
-            if not _signature_ok(self.public, entry.signature, entry.hash.encode("ascii")):
+            if not signature_ok(self.public, entry.signature, entry.hash.encode("ascii")):
                 return f"entry {index}: bad signature"
         expected_prev = self.hashes[-1] if self.hashes else GENESIS
         if entry.prev != expected_prev or entry.seq != index:
@@ -793,15 +601,15 @@ class _Checker:
         if raw is None:
             return self.bad(None, "the head file is missing (the log may have been truncated)")
         try:
-            head = _parse_head(raw)
+            head = parse_head(raw)
         except ValueError as exc:
             return self.bad(None, f"the head file is not valid ({exc})")
         signed = ""
         if self.public is not None:
             if head.signature is None:
                 return self.bad(None, "the head is not signed")
-            message = _head_message(head.count, head.last_hash)
-            if not _signature_ok(self.public, head.signature, message):
+            message = head_message(head.count, head.last_hash)
+            if not signature_ok(self.public, head.signature, message):
                 return self.bad(None, "the head has a bad signature (forged, or another key)")
             signed = "signed "
         if head.count > n:
@@ -834,7 +642,7 @@ def verify(path: str | PathLike[str], *, public_key_pem: bytes | None = None) ->
     first problem. Raises :class:`CryptoError` only when ``public_key_pem`` is not a P-256
     certificate or public key.
     """
-    checker = _Checker(None if public_key_pem is None else _load_public_key(public_key_pem))
+    checker = _Checker(None if public_key_pem is None else load_public_key(public_key_pem))
     path = Path(path)
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
