@@ -32,7 +32,7 @@ from cordiale.core.errors import (
     ProtocolError,
 )
 from cordiale.core.jsonsafe import finite
-from cordiale.crypto.pki import CertificateAuthority
+from cordiale.crypto.pki import CertificateAuthority, Identity
 from cordiale.crypto.tokens import hash_token
 from cordiale.hub.checkpoints import load_checkpoint
 from cordiale.hub.db import (
@@ -48,6 +48,7 @@ from cordiale.hub.db import (
 from cordiale.hub.mailbox import Mailbox
 from cordiale.hub.scheduler import StudyRunner
 from cordiale.hub.settings import HubSettings, hub_audit_log
+from cordiale.learn.federation import EvaluationReport, RoundRecord
 from cordiale.learn.study import StudySpec
 
 __all__ = ["Hub", "HubSettings"]
@@ -69,6 +70,7 @@ class Hub:
         self.stop_event = threading.Event()
         self._last_seen: dict[str, float] = {}
         self._runners: dict[str, StudyRunner] = {}
+        self._identities: dict[str, tuple[Identity, float]] = {}
         self._lock = threading.Lock()
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -113,13 +115,30 @@ class Hub:
         if runner is not None:
             runner.join(timeout)
 
+    def _peer_identity(self, cert_pem: str) -> Identity:
+        """The CA's check of a certificate (signature, validity, CRL), redone once a minute.
+
+        Long polls and replies come every few seconds; the CRL read and two ECDSA checks need not.
+        Revocation stays immediate: every request also checks the site's current serial and
+        revoked flag in the database.
+        """
+        now = time.monotonic()
+        cached = self._identities.get(cert_pem)
+        if cached is not None and now - cached[1] < 60.0:
+            return cached[0]
+        identity = self.ca.check_peer(cert_pem.encode())
+        if len(self._identities) > 4096:
+            self._identities.clear()
+        self._identities[cert_pem] = (identity, now)
+        return identity
+
     # -- who is calling ----------------------------------------------------------------------
     def authenticate_node(self, cert_pem: str | None) -> str:
         """The site id of a node's client certificate, checked against the CA and the registry."""
         if not cert_pem:
             raise AuthenticationError("node endpoints need a client certificate (mutual TLS)")
         try:
-            identity = self.ca.check_peer(cert_pem.encode())
+            identity = self._peer_identity(cert_pem)
         except CryptoError as e:
             raise AuthenticationError(f"client certificate refused: {e}") from None
         with self.db.session() as s:
@@ -402,20 +421,18 @@ def _aware(t: dt.datetime) -> dt.datetime:
 
 
 def _round_json(r: RoundRow) -> dict[str, Any]:
-    out: dict[str, Any] = {
-        "round": r.round,
-        "nodes": len(r.nodes),
-        "train_loss": r.train_loss,
-        "seconds": r.seconds,
-    }
-    if r.evaluation:
-        out.update(r.evaluation["pooled"])
-        out["per_site_auc"] = {s: m.get("auc") for s, m in r.evaluation["per_site"].items()}
-    if r.failures:
-        out["failures"] = r.failures
-    if r.privacy:
-        out["epsilon"] = r.privacy
-    return out
+    """A committed round as results JSON, in the very shape simulation writes."""
+    evaluation = EvaluationReport(**r.evaluation) if r.evaluation else None
+    record = RoundRecord(
+        r.round,
+        list(r.nodes),
+        r.train_loss,
+        r.seconds,
+        evaluation=evaluation,
+        failures=dict(r.failures),
+        privacy=dict(r.privacy or {}),
+    )
+    return record.to_json()
 
 
 def _privacy_summary(spec: dict[str, Any], rounds: Any) -> dict[str, Any] | None:
