@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from safetensors.numpy import load as st_load
+from safetensors.numpy import save as st_save
 
 from cordiale.core.codec import DecodeLimits, decode_message, encode_message
 from cordiale.core.errors import WireError
@@ -34,6 +36,29 @@ def test_round_trip_every_dtype(dtype):
     assert back.content.arrays["weights"]["a.weight"].dtype == np.dtype(dtype)
     assert back.content.metrics.to_dict() == {"loss": 0.5, "n": 10}
     assert back.content.config.to_dict() == {"lr": 0.1, "layers": ["x"]}
+
+
+def test_the_array_section_is_standard_safetensors_both_ways():
+    """What the codec writes, the safetensors library reads; what the library writes, the codec
+    reads (the writer is ours for speed, the format is theirs)."""
+    arrays = {
+        "w/a": np.arange(12, dtype=np.float32).reshape(3, 4),
+        "w/flag": np.array(True),
+        "w/empty": np.zeros((0, 3), np.int64),
+        "w/b": np.arange(5, dtype=np.float64),  # an 8-byte type after 4-byte ones
+    }
+    msg = _msg({"w": ArrayRecord({k.split("/")[1]: v for k, v in arrays.items()})})
+    data = encode_message(msg)
+    (hlen,) = struct.unpack("<I", data[5:9])
+    body = data[9 + hlen :]
+    read = st_load(body)
+    assert set(read) == set(arrays)
+    for key, arr in arrays.items():
+        assert read[key].dtype == arr.dtype and np.array_equal(read[key], arr)
+    theirs = data[: 9 + hlen] + st_save(arrays)  # the library's own layout and padding
+    back = decode_message(theirs).content.arrays["w"]
+    assert all(np.array_equal(back[k.split("/")[1]], v) for k, v in arrays.items())
+    back["a"][0, 0] = -1.0  # decoded arrays are the receiver's own, writable memory
 
 
 def test_round_trip_error_and_no_arrays():

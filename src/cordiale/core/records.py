@@ -47,6 +47,11 @@ ALLOWED_DTYPES: frozenset[str] = frozenset(
     }
 )
 
+#: the same dtypes in little-endian (native) byte order: a set lookup instead of a name check.
+_WIRE_DTYPES: frozenset[np.dtype[Any]] = frozenset(
+    np.dtype(n).newbyteorder("<") for n in ALLOWED_DTYPES
+)
+
 _NAME = re.compile(r"^[A-Za-z0-9_.\-:]{1,200}$")
 
 Scalar: TypeAlias = bool | int | float | str
@@ -64,6 +69,8 @@ def check_name(name: object, kind: str) -> str:
 
 
 def _as_wire_array(name: str, value: object) -> np.ndarray:
+    if type(value) is np.ndarray and value.dtype in _WIRE_DTYPES and value.flags.c_contiguous:
+        return value  # the common case: already a little-endian contiguous wire array
     if not isinstance(value, np.ndarray):
         raise ConfigError(
             f"ArrayRecord value {name!r} must be a numpy array; got {type(value).__name__}"
@@ -94,8 +101,9 @@ class _Record(MutableMapping[str, V]):
             }
             return
         pairs = items.items() if isinstance(items, Mapping) else (items or ())
+        data, check, kind = self._data, self._check, type(self).__name__
         for k, v in pairs:
-            self[k] = v
+            data[check_name(k, kind)] = check(k, v)
 
     def _check(self, key: str, value: Any) -> V:
         raise NotImplementedError
@@ -175,9 +183,12 @@ class MetricRecord(_Record[float]):
         return int(value) if isinstance(value, int | np.integer) else f
 
 
+_PLAIN_SCALARS = frozenset({bool, int, str})
+
+
 def _check_config_value(key: str, value: Any) -> ConfigValue:
-    if isinstance(value, bool | int | str):
-        return value
+    if type(value) in _PLAIN_SCALARS or isinstance(value, bool | int | str):
+        return value  # type: ignore[no-any-return]
     if isinstance(value, float):
         if not math.isfinite(value):
             raise ConfigError(f"config {key!r} must be finite; got {value}")

@@ -98,8 +98,10 @@ class Standardizer:
         return cls.from_stats(feature_stats(x))
 
     def transform(self, x: np.ndarray) -> np.ndarray:
-        z = (x - self.mean) / self.std
-        return np.nan_to_num(z, nan=0.0).astype(np.float32)
+        z = ((x - self.mean) / self.std).astype(np.float32)
+        if not np.isfinite(z).all():  # missing values (and overflow): only then the slow path
+            z = np.nan_to_num(z, nan=0.0)
+        return z
 
     def to_record(self) -> ArrayRecord:
         return ArrayRecord({"mean": self.mean, "std": self.std})

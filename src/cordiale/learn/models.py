@@ -7,6 +7,7 @@ against the local model first: a mismatching message is refused, never half-appl
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -120,6 +121,11 @@ def get_weights(model: nn.Module) -> ArrayRecord:
     return ArrayRecord((k, v.detach().cpu().numpy().copy()) for k, v in model.state_dict().items())
 
 
+@functools.cache
+def _numpy_dtype(dtype: torch.dtype) -> np.dtype[Any]:
+    return torch.empty(0, dtype=dtype).numpy().dtype
+
+
 def set_weights(model: nn.Module, weights: ArrayRecord, *, keep: tuple[str, ...] = ()) -> None:
     """Load ``weights`` into ``model`` after checking names, shapes and dtypes.
 
@@ -135,16 +141,19 @@ def set_weights(model: nn.Module, weights: ArrayRecord, *, keep: tuple[str, ...]
         raise ProtocolError(
             f"weights do not match the model: missing {missing}, unexpected {extra}"
         )
-    new_state = {}
+    sources = {}
     for k, t in state.items():
         if k not in expected:
             continue
         arr = weights[k]
-        want = t.detach().cpu().numpy()
-        if arr.shape != want.shape or arr.dtype != want.dtype:
+        if arr.shape != tuple(t.shape) or arr.dtype != _numpy_dtype(t.dtype):
             raise ProtocolError(
-                f"weight {k!r}: expected {want.dtype}{list(want.shape)}, got "
+                f"weight {k!r}: expected {_numpy_dtype(t.dtype)}{list(t.shape)}, got "
                 f"{arr.dtype}{list(arr.shape)}"
             )
-        new_state[k] = torch.from_numpy(np.array(arr, copy=True))
-    model.load_state_dict(new_state, strict=False)
+        sources[k] = torch.from_numpy(arr if arr.flags.writeable else arr.copy())
+    # state_dict() tensors share storage with the model's parameters and buffers: copying into
+    # them is what load_state_dict does, without its per-module traversal (every names checked).
+    with torch.no_grad():
+        for k, src in sources.items():
+            state[k].copy_(src)
