@@ -12,7 +12,7 @@ from cordiale.core.errors import ConfigError
 from cordiale.hub.db import Database, ResearcherRow, RoundRow, SiteRow, StudyRow, TaskRow
 
 TABLES = {"sites", "researchers", "studies", "rounds", "tasks", "study_grants"}
-HEAD = "0003"  # the newest migration
+HEAD = "0004"  # the newest migration
 CEST = dt.timezone(dt.timedelta(hours=2))
 T0 = dt.datetime(2024, 5, 1, 12, 30, 15, 123456, tzinfo=dt.UTC)
 
@@ -93,6 +93,19 @@ def test_rows_of_every_model_round_trip(database):
                 checkpoint="round-0001.safetensors",
             )
         )
+        s.add(  # a round of a DP study: the sites did not report their loss
+            RoundRow(
+                study_id="s1",
+                round=2,
+                committed_at=T0,
+                nodes=["lyon"],
+                failures={},
+                train_loss=None,
+                seconds=1.0,
+                evaluation=None,
+                checkpoint="round-0002.safetensors",
+            )
+        )
         s.add(TaskRow(message_id="m1", study_id="s1", round=1, stage="fit", site="lyon"))
 
     with database.session() as s:
@@ -118,6 +131,7 @@ def test_rows_of_every_model_round_trip(database):
         assert rnd.seconds == 1.25
         assert rnd.evaluation == evaluation
         assert rnd.checkpoint == "round-0001.safetensors"
+        assert s.get(RoundRow, ("s1", 2)).train_loss is None
         task = s.get(TaskRow, "m1")
         assert (task.study_id, task.round, task.stage, task.site) == ("s1", 1, "fit", "lyon")
         assert (task.state, task.error) == ("queued", None)  # the defaults

@@ -7,16 +7,20 @@ probability below 1e-6.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 from scipy import stats
 
 from cordiale.core.errors import ConfigError, ProtocolError
+from cordiale.core.messages import Content, Envelope, Message
 from cordiale.core.records import ArrayRecord, ConfigRecord
 from cordiale.learn.dp import ClientDP, DPSettings, privatise_update, release_epsilon
-from cordiale.learn.models import ModelSpec
+from cordiale.learn.models import ModelSpec, build_model, get_weights
 from cordiale.learn.secure_aggregation import SecureAggregationConfig
 from cordiale.learn.strategies import FitResult, make_strategy
+from cordiale.node.runtime import NodeRuntime
 from cordiale.privacy import epsilon, global_l2_norm, noise_multiplier_for
 from cordiale.sim.runner import DataSource, SimulationSpec, simulate
 
@@ -125,6 +129,44 @@ def test_a_client_dp_study_reports_the_epsilon_each_site_spent(pima_sites):
     assert max(result.federated.history[-1].privacy.values()) <= 4.0
 
 
+@pytest.mark.parametrize(
+    "dp",
+    [
+        DPSettings(mode="client", epsilon=8.0, clip_norm=0.5),
+        DPSettings(mode="sample", epsilon=8.0, clip_norm=1.0),
+    ],
+    ids=["client", "sample"],
+)
+def test_a_dp_study_never_releases_the_training_loss(pima_sites, dp):
+    """The loss is computed from the raw rows, outside the accounting: DP replies omit it."""
+    study = _spec(dp=dp, rounds=2)
+    ds = pima_sites["site-0"]
+    node = NodeRuntime("site-0", ds)
+    task = Message(
+        Envelope(study_id="s", round=1, stage="train", sender="hub", recipient="site-0"),
+        Content(
+            arrays={"weights": get_weights(build_model(study.model, ds.num_features, seed=0))},
+            config=ConfigRecord(
+                {
+                    **study.model.to_config(),
+                    **study.train.to_config(),
+                    **dp.to_config(2, 4),
+                    "seed": 1,
+                }
+            ),
+        ),
+    )
+    reply = node.handle(task).content
+    assert reply.error is None and "update" in reply.arrays
+    assert "train_loss" not in reply.metrics and "privacy.epsilon" in reply.metrics
+
+    result = simulate(study, sites=pima_sites)
+    assert all(math.isnan(r.train_loss) for r in result.federated.history)
+    assert all(r["train_loss"] is None for r in result.to_json()["rounds"])
+    no_dp = simulate(_spec(rounds=2), sites=pima_sites)  # the same study without DP reports it
+    assert all(math.isfinite(r.train_loss) for r in no_dp.federated.history)
+
+
 def test_secure_aggregation_with_distributed_noise_equals_the_plain_dp_mean(pima_sites):
     # a negligible noise multiplier makes the comparison exact up to the fixed-point resolution
     dp = DPSettings(mode="client", noise_multiplier=1e-9, clip_norm=0.5)
@@ -135,6 +177,7 @@ def test_secure_aggregation_with_distributed_noise_equals_the_plain_dp_mean(pima
     for name, value in plain.federated.weights.items():
         np.testing.assert_allclose(secure.federated.weights[name], value, atol=1e-4)
     assert secure.federated.history[-1].privacy.keys() == set(pima_sites)
+    assert all(math.isnan(r.train_loss) for r in secure.federated.history)  # loss slot empty
 
 
 def test_central_noise_with_secure_aggregation_is_refused_by_the_study_spec():

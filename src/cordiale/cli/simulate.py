@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -260,7 +261,8 @@ def simulate_command(
             tasks["pooled"] = progress.add_task("pooled", total=rounds, status="waiting")
 
         def on_round(phase: str, r: RoundRecord) -> None:
-            status = f"loss {r.train_loss:.3f}"
+            # under DP the sites do not report their loss (NaN): only the AUC is shown
+            status = f"loss {r.train_loss:.3f}" if math.isfinite(r.train_loss) else ""
             if r.evaluation is not None:
                 status += f"  AUC {r.evaluation.pooled['auc']:.3f}"
             if r.failures:

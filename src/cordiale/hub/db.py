@@ -130,7 +130,7 @@ class RoundRow(Base):
     committed_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     nodes: Mapped[list[Any]] = mapped_column(JSON)
     failures: Mapped[dict[str, Any]] = mapped_column(JSON)
-    train_loss: Mapped[float] = mapped_column(Float)
+    train_loss: Mapped[float | None] = mapped_column(Float)  # None: not reported (DP) (0004)
     seconds: Mapped[float] = mapped_column(Float)
     evaluation: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     checkpoint: Mapped[str] = mapped_column(String(300))  # file name in the study's directory

@@ -16,6 +16,7 @@ reason, which ``study status`` shows.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -115,7 +116,7 @@ class StudyRunner(threading.Thread):
                     round=record.round,
                     nodes=list(record.nodes),
                     failures=dict(record.failures),
-                    train_loss=float(record.train_loss),
+                    train_loss=record.train_loss if math.isfinite(record.train_loss) else None,
                     seconds=float(record.seconds),
                     evaluation=finite(
                         None

@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import math
 import threading
 import time
 import uuid
@@ -426,7 +427,7 @@ def _round_json(r: RoundRow) -> dict[str, Any]:
     record = RoundRecord(
         r.round,
         list(r.nodes),
-        r.train_loss,
+        math.nan if r.train_loss is None else r.train_loss,
         r.seconds,
         evaluation=evaluation,
         failures=dict(r.failures),

@@ -285,6 +285,7 @@ def run_secure_round(
     except ProtocolError as exc:
         message = f"round {server_round}: secure aggregation failed: {exc.message}"
         raise ProtocolError(message) from None
+    private = any("dp.mode" in c.config for c in tasks.values())
     survivors = list(requests.survivors)
     for node in nodes:
         if node not in survivors and node not in failures:
@@ -304,7 +305,9 @@ def run_secure_round(
     return SecureRoundResult(
         mean_update=out,
         nodes=survivors,
-        train_loss=float(sums[-1] * max_weight / total_weight),
+        train_loss=(  # nodes under differential privacy put 0 in the loss slot: not released
+            math.nan if private else float(sums[-1] * max_weight / total_weight)
+        ),
         total_weight=total_weight,
         failures=failures,
         privacy={n: e for n, e in privacy.items() if n in survivors},
@@ -418,7 +421,9 @@ def _advertise(
     weighted = weight * flat
     clip = params.codec.clip
     clipped = int(np.count_nonzero(np.abs(weighted) > clip))
-    loss_slot = weight / params.max_weight * outcome.loss
+    # under differential privacy the loss (computed from the raw rows) is not released
+    private = content.config.get_str("dp.mode", "") != ""
+    loss_slot = 0.0 if private else weight / params.max_weight * outcome.loss
     if clipped:
         log.warning(
             "secure aggregation, study %s round %d: clipped %d of %d elements of the weighted "

@@ -8,6 +8,12 @@ from typing import Any
 __all__ = ["plot_learning_curve"]
 
 
+def _loss(round_json: dict[str, Any]) -> float:
+    """A round's training loss, NaN (a gap in the curve) where the sites did not report it."""
+    loss = round_json.get("train_loss")
+    return float("nan") if loss is None else float(loss)
+
+
 def plot_learning_curve(result: dict[str, Any], path: Path, *, metric: str = "auc") -> Path:
     """Plot ``metric`` per round: federated (all test sets), each site, the pooled baseline."""
     import matplotlib
@@ -47,14 +53,14 @@ def plot_learning_curve(result: dict[str, Any], path: Path, *, metric: str = "au
     ax.legend(fontsize=7, loc="lower right", ncol=2)
     ax_loss.plot(
         [r["round"] for r in result["rounds"]],
-        [r["train_loss"] for r in result["rounds"]],
+        [_loss(r) for r in result["rounds"]],
         color="tab:blue",
         label="federated",
     )
     if result.get("pooled_rounds"):
         ax_loss.plot(
             [r["round"] for r in result["pooled_rounds"]],
-            [r["train_loss"] for r in result["pooled_rounds"]],
+            [_loss(r) for r in result["pooled_rounds"]],
             color="black",
             ls="--",
             label="pooled",
