@@ -155,6 +155,7 @@ def main() -> None:
         "flower s/round",
         "flower wall s",
         "flower / cordiale",
+        "overhead flower / cordiale",
     ):
         table.add_column(col, justify="right")
     for n in args.sites:

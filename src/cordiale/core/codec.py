@@ -60,6 +60,10 @@ class DecodeLimits:
     max_dims: int = 8
 
 
+_DEFAULT_LIMITS = DecodeLimits()
+_U64 = struct.Struct("<Q")
+
+
 def encode_message(message: Message) -> bytes:
     """Encode ``message`` as wire bytes."""
     c = message.content
@@ -104,24 +108,31 @@ def _safetensors_parts(tensors: dict[str, np.ndarray]) -> list[Any]:
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)  # the format pads its header with spaces to 8-byte alignment
     return [
-        struct.pack("<Q", len(raw)),
+        _U64.pack(len(raw)),
         raw,
         *(arr.reshape(-1).view(np.uint8) for arr in tensors.values()),
     ]
 
 
-def _check_safetensors(buf: memoryview, limits: DecodeLimits) -> dict[str, Any]:
-    """Validate a safetensors buffer's header without allocating any tensor; return the header."""
+def _read_safetensors(buf: memoryview, limits: DecodeLimits) -> dict[str, np.ndarray]:
+    """The arrays of a safetensors buffer, its header checked before anything is allocated.
+
+    Checked: the header's length and JSON, the number of arrays, each descriptor (dtype allowed,
+    shape within ``max_dims`` and consistent with its byte span, offsets inside the buffer) and
+    that the spans tile the data section exactly (no gap, overlap or trailing byte). Then the
+    data section is copied once into writable memory and each array is a view of its span
+    (safetensors' own loader would copy array by array after parsing the header again).
+    """
     if len(buf) < 8:
         raise WireError("array section truncated: shorter than its 8-byte length prefix")
-    (n,) = struct.unpack("<Q", buf[:8])
+    (n,) = _U64.unpack(buf[:8])
     if n > limits.max_header_bytes or 8 + n > len(buf):
         raise WireError(f"array header length {n} exceeds the buffer or the limit")
     try:
         header = json.loads(bytes(buf[8 : 8 + n]))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise WireError(f"array header is not valid JSON: {e}") from None
-    if not isinstance(header, dict):
+    if type(header) is not dict:
         raise WireError("array header must be a JSON object")
     header.pop("__metadata__", None)
     if len(header) > limits.max_tensors:
@@ -156,31 +167,19 @@ def _check_safetensors(buf: memoryview, limits: DecodeLimits) -> dict[str, Any]:
                 f"array {key!r}: shape {shape} of {tag} needs {expected} bytes; "
                 f"offsets {offsets} in a {data_len}-byte buffer"
             )
-        spans.append((start, end))
-    spans.sort()
+        spans.append((start, end, key, dtype, shape))
+    spans.sort(key=lambda span: span[:2])
     pos = 0
-    for start, end in spans:
+    for start, end, *_ in spans:
         if start != pos:
             raise WireError("array buffer has gaps or overlapping arrays")
         pos = end
     if pos != data_len:
         raise WireError(f"array buffer has {data_len - pos} trailing bytes")
-    return header
-
-
-def _arrays_of(buf: memoryview, header: dict[str, Any]) -> dict[str, np.ndarray]:
-    """The arrays of a safetensors buffer whose header :func:`_check_safetensors` accepted.
-
-    The data section is copied once into writable memory and each array is a view of its span
-    (safetensors' own loader would parse the header a second time and copy array by array).
-    """
-    (n,) = struct.unpack("<Q", buf[:8])
     data = np.frombuffer(bytearray(buf[8 + n :]), dtype=np.uint8)
-    out = {}
-    for key, info in header.items():
-        start, end = info["data_offsets"]
-        out[key] = data[start:end].view(_ST_DTYPES[info["dtype"]]).reshape(info["shape"])
-    return out
+    return {
+        key: data[start:end].view(dtype).reshape(shape) for start, end, key, dtype, shape in spans
+    }
 
 
 def _load_json_header(raw: bytes) -> dict[str, Any]:
@@ -204,7 +203,7 @@ def _load_json_header(raw: bytes) -> dict[str, Any]:
 
 def decode_message(data: bytes, limits: DecodeLimits | None = None) -> Message:
     """Decode wire bytes into a :class:`Message`, or raise :class:`WireError` saying why not."""
-    limits = limits or DecodeLimits()
+    limits = limits or _DEFAULT_LIMITS
     if not isinstance(data, bytes | bytearray | memoryview):
         raise WireError(f"expected bytes, got {type(data).__name__}")
     buf = memoryview(data)
@@ -228,10 +227,9 @@ def decode_message(data: bytes, limits: DecodeLimits | None = None) -> Message:
         raise WireError("header 'arrays' must map record names to lists of array names")
     declared = [f"{g}/{n}" for g, ns in names.items() for n in ns]
     if declared:
-        st_header = _check_safetensors(body, limits)
-        if set(st_header) != set(declared) or len(declared) != len(set(declared)):
+        tensors = _read_safetensors(body, limits)
+        if tensors.keys() != set(declared) or len(declared) != len(tensors):
             raise WireError("arrays in the body do not match the arrays named in the header")
-        tensors = _arrays_of(body, st_header)
     elif len(body):
         raise WireError(f"{len(body)} unexpected bytes after a header that names no arrays")
     else:
@@ -242,8 +240,9 @@ def decode_message(data: bytes, limits: DecodeLimits | None = None) -> Message:
         if not isinstance(header["metrics"], dict) or not isinstance(header["config"], dict):
             raise WireError("metrics and config must be JSON objects")
         content = Content(
-            arrays={
-                g: ArrayRecord((n, tensors[f"{g}/{n}"]) for n in ns) for g, ns in names.items()
+            arrays={  # views of the checked body: wire arrays already, only the names to check
+                g: ArrayRecord.of_wire_arrays((n, tensors[f"{g}/{n}"]) for n in ns)
+                for g, ns in names.items()
             },
             metrics=MetricRecord(header["metrics"]),
             config=ConfigRecord(header["config"]),

@@ -138,6 +138,16 @@ class ArrayRecord(_Record[np.ndarray]):
     def _check(self, key: str, value: Any) -> np.ndarray:
         return _as_wire_array(key, value)
 
+    @classmethod
+    def of_wire_arrays(cls, pairs: Iterable[tuple[str, np.ndarray]]) -> ArrayRecord:
+        """A record of arrays known to be wire arrays already (allowed dtype, little-endian,
+        contiguous: the decoder's checked views); only the names are checked."""
+        record = cls()
+        data = record._data
+        for k, v in pairs:
+            data[check_name(k, "ArrayRecord")] = v
+        return record
+
     def __repr__(self) -> str:
         shapes = ", ".join(f"{k}: {v.dtype}{list(v.shape)}" for k, v in self._data.items())
         return f"ArrayRecord({shapes})"
