@@ -63,6 +63,9 @@ def synth_imaging(
         str | None,
         typer.Option(help="Comma-separated subset of the default sites (all when omitted)."),
     ] = None,
+    lesions: Annotated[
+        int, typer.Option(help="Lesions per positive image (several for patch training).")
+    ] = 1,
 ) -> None:
     """Write a synthetic multi-site imaging set (lesion / no lesion) with a manifest per site."""
     from cordiale.data.imaging.synthetic import DEFAULT_SITES, generate
@@ -86,6 +89,7 @@ def synth_imaging(
         prevalence=parse_prevalence(prevalence),
         shape=parse_shape(shape),
         seed=seed,
+        lesions=lesions,
     )
     table = Table(title=f"Synthetic imaging ({fmt}, {shape}, seed {seed}) in {out}")
     for col in ("site", "images", "positives", "patients", "scanner", "scanner effects"):

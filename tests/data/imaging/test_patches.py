@@ -13,6 +13,7 @@ import textwrap
 
 import numpy as np
 import pytest
+from peak_rss import PEAK_SINCE_RESET
 
 from cordiale.core.errors import ConfigError, DataError
 from cordiale.data.imaging.patches import PatchSampler, write_chunked_volume
@@ -152,7 +153,7 @@ N_PATCHES, PATCH_SIDE = 200, 32
 AS_HEADROOM = 256 * MiB  # address space granted above what the child maps after its imports
 MAX_RSS_GROWTH = 128 * MiB
 
-CHILD = textwrap.dedent(
+CHILD = PEAK_SINCE_RESET + textwrap.dedent(
     """
     import json, resource, sys
 
@@ -161,22 +162,6 @@ CHILD = textwrap.dedent(
     import psutil
 
     from cordiale.data.imaging.patches import PatchSampler, write_chunked_volume
-
-
-    def peak_since_reset(reset=True):
-        \"\"\"VmHWM, the peak RSS of this process; then reset it to the current RSS.
-
-        ru_maxrss would not do: Linux carries it over from the parent across fork and exec.
-        Should the reset be refused, the peak includes earlier ones: an overestimate, never less.
-        \"\"\"
-        with open("/proc/self/status") as fh:
-            peak = next(int(line.split()[1]) * 1024 for line in fh if line.startswith("VmHWM:"))
-        try:
-            with open("/proc/self/clear_refs", "w") as fh:
-                fh.write("5")
-        except OSError:
-            pass
-        return peak
 
 
     path, n, side, headroom = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])

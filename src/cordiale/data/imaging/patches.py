@@ -10,6 +10,11 @@ the ``default`` attributes lead to the NXdata group and its ``signal`` dataset.
 :func:`write_chunked_volume` writes a large synthetic volume chunk by chunk (memory bounded by
 one chunk) for tests and benchmarks.
 
+:class:`NiftiPatchSampler` does the same for NIfTI files through nibabel's array proxy: an
+uncompressed ``.nii`` is read by seeking (memory-mapped), a ``.nii.gz`` by decompressing the
+stream up to each patch (memory bounded, slower; nibabel uses ``indexed_gzip`` when installed).
+:func:`open_patch_sampler` picks the sampler for a manifest's image reference.
+
 An open sampler is not shared across processes: pickling it (a DataLoader worker) carries the
 path and settings, and the copy reopens the file.
 """
@@ -25,7 +30,13 @@ import numpy as np
 
 from cordiale.core.errors import ConfigError, DataError
 
-__all__ = ["DEFAULT_CACHE_BYTES", "PatchSampler", "write_chunked_volume"]
+__all__ = [
+    "DEFAULT_CACHE_BYTES",
+    "NiftiPatchSampler",
+    "PatchSampler",
+    "open_patch_sampler",
+    "write_chunked_volume",
+]
 
 #: Default h5py raw-data chunk cache per open file: modest, so memory stays bounded.
 DEFAULT_CACHE_BYTES = 16 * 2**20
@@ -160,20 +171,24 @@ class PatchSampler:
             raise DataError(f"patch sampler on {self.path} is closed")
         return self._ds
 
-    def read(self, origin: Sequence[int], out: np.ndarray | None = None) -> np.ndarray:
-        """The patch at ``origin`` (float32), read as one hyperslab."""
-        ds = self._handle()
+    def _selection(self, origin: Sequence[int]) -> tuple[slice, ...]:
+        """The hyperslab of the patch at ``origin``, checked to lie inside the volume."""
         if len(origin) != len(self.shape) or any(
             o < 0 or o + p > n for o, p, n in zip(origin, self.patch_shape, self.shape, strict=True)
         ):
             raise ConfigError(
                 f"patch at {tuple(origin)} of shape {self.patch_shape} is outside {self.shape}"
             )
-        if out is None:
-            out = np.empty(self.patch_shape, dtype=np.float32)
-        sel = tuple(
+        return tuple(
             slice(int(o), int(o) + p) for o, p in zip(origin, self.patch_shape, strict=True)
         )
+
+    def read(self, origin: Sequence[int], out: np.ndarray | None = None) -> np.ndarray:
+        """The patch at ``origin`` (float32), read as one hyperslab."""
+        ds = self._handle()
+        sel = self._selection(origin)
+        if out is None:
+            out = np.empty(self.patch_shape, dtype=np.float32)
         ds.read_direct(out, source_sel=sel)
         return out
 
@@ -250,6 +265,65 @@ class PatchSampler:
     def __repr__(self) -> str:
         state = "closed" if self.closed else f"shape={self.shape}, chunks={self.chunks}"
         return f"PatchSampler({str(self.path)!r}, {self.dataset!r}, {self.patch_shape}, {state})"
+
+
+class NiftiPatchSampler(PatchSampler):
+    """:class:`PatchSampler` over a NIfTI volume (``dataset`` is ignored): each patch is read
+    through nibabel's array proxy, never the whole image. Trailing axes of length 1 beyond the
+    patch's axes (a 3D volume stored as 4D) are dropped."""
+
+    def _open(self, dataset: str | None) -> None:
+        import nibabel
+
+        try:
+            img = nibabel.load(self.path)
+        except Exception as exc:  # nibabel raises several types for a damaged file
+            raise DataError(f"cannot open NIfTI file {self.path} ({type(exc).__name__})") from None
+        shape = tuple(int(n) for n in img.shape)
+        while len(shape) > len(self.patch_shape) and shape[-1] == 1:
+            shape = shape[:-1]
+        if len(self.patch_shape) != len(shape):
+            raise ConfigError(
+                f"patch shape {self.patch_shape} has {len(self.patch_shape)} axes; "
+                f"the NIfTI image has {len(shape)} (shape {shape})"
+            )
+        if any(p < 1 or p > n for p, n in zip(self.patch_shape, shape, strict=True)):
+            raise ConfigError(f"patch shape {self.patch_shape} must fit in the image shape {shape}")
+        self._file = img
+        self._ds = img.dataobj
+        self._extra = len(img.shape) - len(shape)
+        self.dataset = ""
+        self.shape = shape
+        self.chunks = None
+        self.dtype = np.dtype(img.get_data_dtype())
+
+    def read(self, origin: Sequence[int], out: np.ndarray | None = None) -> np.ndarray:
+        proxy = self._handle()
+        sel = self._selection(origin) + (0,) * self._extra
+        patch = np.asarray(proxy[sel], dtype=np.float32)
+        if out is None:
+            return np.ascontiguousarray(patch)
+        out[...] = patch
+        return out
+
+    def close(self) -> None:
+        self._file = None
+        self._ds = None
+
+
+def open_patch_sampler(
+    path: str | Path, member: str | None, patch_shape: Sequence[int], *, seed: int = 0
+) -> PatchSampler:
+    """The sampler for an image reference: HDF5 (``member`` the dataset path) or NIfTI."""
+    name = Path(path).name.lower()
+    if name.endswith((".nii", ".nii.gz")):
+        return NiftiPatchSampler(path, None, patch_shape, seed=seed)
+    if name.endswith((".h5", ".hdf5", ".hdf", ".nxs")):
+        return PatchSampler(path, member, patch_shape, seed=seed)
+    raise ConfigError(
+        f"patches are read lazily from NIfTI (.nii, .nii.gz) and HDF5 (.h5, .nxs) volumes; "
+        f"not from {Path(path).name}"
+    )
 
 
 def _fill(rng: np.random.Generator, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:

@@ -31,12 +31,12 @@ import importlib
 import logging
 import warnings
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
@@ -96,6 +96,7 @@ _LIBRARIES = {
     "picture": "PIL.Image",
 }
 _NUMERIC = "biuf"
+_T = TypeVar("_T")
 
 
 def _format_of(path: Path) -> str:
@@ -216,11 +217,52 @@ class ImageReader:
         self.max_bytes = max_bytes
         self._cached_arrays = cached_arrays
         self._arrays: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()
+        # open HDF5 files, by path: a manifest's rows often name datasets of one shared file
+        self._h5files: OrderedDict[str, Any] = OrderedDict()
+
+    def close(self) -> None:
+        """Close the HDF5 files this reader keeps open."""
+        while self._h5files:
+            self._h5files.popitem(last=False)[1].close()
+
+    def __enter__(self) -> ImageReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def probe(self, ref: ImageRef | str | Path) -> ImageMeta:
+        """The metadata of a NIfTI or HDF5 volume, read from its header: never its voxels.
+
+        For volumes read in patches (:mod:`cordiale.data.imaging.patches`); other formats raise
+        :class:`ImageReadError`.
+        """
+        ref = ref if isinstance(ref, ImageRef) else ImageRef.parse(str(ref))
+        fmt = self._format(ref)
+        if fmt not in ("nifti", "hdf5"):
+            raise ImageReadError(
+                ref, f"patches are read from NIfTI or HDF5 volumes, not from {_FORMAT_NAMES[fmt]}"
+            )
+        probe = self._probe_nifti if fmt == "nifti" else self._probe_hdf5
+        return self._guarded(ref, fmt, lambda: probe(ref))
 
     def read(self, ref: ImageRef | str | Path) -> Image:
         """The image at ``ref``; raises :class:`ImageReadError` for a missing or damaged one."""
         if not isinstance(ref, ImageRef):
             ref = ImageRef.parse(str(ref))
+        fmt = self._format(ref)
+        read = {
+            "dicom": self._read_dicom,
+            "dicom-series": self._read_dicom_series,
+            "nifti": self._read_nifti,
+            "hdf5": self._read_hdf5,
+            "npz": self._read_npz,
+            "npy": self._read_npy,
+            "picture": self._read_picture,
+        }[fmt]
+        return self._guarded(ref, fmt, lambda: read(ref))
+
+    def _format(self, ref: ImageRef) -> str:
         path = ref.path
         if not path.exists():
             raise ImageReadError(ref, "file not found")
@@ -233,18 +275,12 @@ class ImageReader:
                 raise ImageReadError(ref, f"unsupported file type {e.suffix!r}") from None
         if ref.member is not None and fmt not in _CONTAINERS:
             raise ImageReadError(ref, f"a {_FORMAT_NAMES[fmt]} file holds no named members")
-        read = {
-            "dicom": self._read_dicom,
-            "dicom-series": self._read_dicom_series,
-            "nifti": self._read_nifti,
-            "hdf5": self._read_hdf5,
-            "npz": self._read_npz,
-            "npy": self._read_npy,
-            "picture": self._read_picture,
-        }[fmt]
+        return fmt
+
+    def _guarded(self, ref: ImageRef, fmt: str, work: Callable[[], _T]) -> _T:
         try:
             with _silenced():
-                return read(ref)
+                return work()
         except (ImageReadError, ConfigError, MemoryError):
             raise
         except Exception as e:  # a library's error on a damaged file: keep its type, not its text
@@ -360,44 +396,61 @@ class ImageReader:
         arr = np.asarray(img.get_fdata(dtype=np.float32))
         arr, channels = self._layout(arr)
         n_spatial = arr.ndim - (1 if channels > 1 else 0)
-        zooms = [float(z) for z in img.header.get_zooms()[:n_spatial]]
-        unit = img.header.get_xyzt_units()[0]
-        scale = {"meter": 1000.0, "micron": 0.001}.get(unit, 1.0)
-        spacing = tuple(z * scale for z in zooms) if len(zooms) == n_spatial else None
-        return self._image("nifti", arr, channels, spacing=spacing)
+        return self._image("nifti", arr, channels, spacing=_nifti_spacing(img, n_spatial))
+
+    def _probe_nifti(self, ref: ImageRef) -> ImageMeta:
+        img = _library("nifti").load(ref.path)  # the header only: voxels load on access
+        shape = tuple(int(s) for s in img.shape)
+        while self.ndim is not None and len(shape) > self.ndim and shape[-1] == 1:
+            shape = shape[:-1]
+        return ImageMeta("nifti", shape, spacing=_nifti_spacing(img, len(shape)))
+
+    def _hdf5_dataset(self, ref: ImageRef) -> Any:
+        """The numeric dataset ``ref`` names, in a file this reader keeps open."""
+        h5py = _library("hdf5")
+        key = str(ref.path.resolve())
+        f = self._h5files.get(key)
+        if f is None:
+            f = h5py.File(ref.path, "r")
+            self._h5files[key] = f
+            while len(self._h5files) > 2:
+                self._h5files.popitem(last=False)[1].close()
+        else:
+            self._h5files.move_to_end(key)
+        if ref.member is None:
+            found: list[Any] = []
+            f.visititems(
+                lambda _, obj: found.append(obj) if isinstance(obj, h5py.Dataset) else None
+            )
+            if len(found) != 1:
+                raise ImageReadError(
+                    ref, f"HDF5 file holds {len(found)} datasets; name one as file.h5#/path"
+                )
+            obj = found[0]
+        else:
+            obj = f.get(ref.member)
+            if obj is None:
+                raise ImageReadError(ref, "HDF5 file has no dataset at that path")
+            if not isinstance(obj, h5py.Dataset):
+                raise ImageReadError(ref, "the HDF5 path names a group, not a dataset")
+        if obj.dtype.kind not in _NUMERIC:
+            raise ImageReadError(ref, "HDF5 dataset is not a numeric array")
+        return obj
 
     def _read_hdf5(self, ref: ImageRef) -> Image:
-        h5py = _library("hdf5")
-        with h5py.File(ref.path, "r") as f:
-            if ref.member is None:
-                found: list[Any] = []
-                f.visititems(
-                    lambda _, obj: found.append(obj) if isinstance(obj, h5py.Dataset) else None
-                )
-                if len(found) != 1:
-                    raise ImageReadError(
-                        ref, f"HDF5 file holds {len(found)} datasets; name one as file.h5#/path"
-                    )
-                obj = found[0]
-            else:
-                obj = f.get(ref.member)
-                if obj is None:
-                    raise ImageReadError(ref, "HDF5 file has no dataset at that path")
-                if not isinstance(obj, h5py.Dataset):
-                    raise ImageReadError(ref, "the HDF5 path names a group, not a dataset")
-            if obj.dtype.kind not in _NUMERIC:
-                raise ImageReadError(ref, "HDF5 dataset is not a numeric array")
-            self._check_size(ref, int(obj.size) * 4)
-            arr = np.asarray(obj[()])
-            modality = _attr_str(obj.attrs.get("modality"))
-            spacing = _floats(obj.attrs.get("spacing_mm", obj.attrs.get("spacing")))
-            if spacing is None:
-                um = _floats(obj.attrs.get("element_size_um"))
-                spacing = None if um is None else tuple(v / 1000.0 for v in um)
-        arr, channels = self._layout(arr)
-        return self._image(
-            "hdf5", arr, channels, modality=modality and modality.upper(), spacing=spacing
-        )
+        obj = self._hdf5_dataset(ref)
+        self._check_size(ref, int(obj.size) * 4)
+        arr, channels = self._layout(np.asarray(obj[()]))
+        modality, spacing = _hdf5_attrs(obj)
+        return self._image("hdf5", arr, channels, modality=modality, spacing=spacing)
+
+    def _probe_hdf5(self, ref: ImageRef) -> ImageMeta:
+        obj = self._hdf5_dataset(ref)
+        shape = tuple(int(s) for s in obj.shape)
+        while self.ndim is not None and len(shape) > self.ndim and shape[-1] == 1:
+            shape = shape[:-1]
+        modality, spacing = _hdf5_attrs(obj)
+        return ImageMeta("hdf5", shape, modality=modality, spacing=spacing)
 
     def _read_npz(self, ref: ImageRef) -> Image:
         with np.load(ref.path, allow_pickle=False) as archive:
@@ -499,7 +552,25 @@ def read_image(
     ndim: int | None = None,
 ) -> Image:
     """Read one image (see the module docstring for the formats); raises :class:`ImageReadError`."""
-    return ImageReader(identifier_fields=identifier_fields, ndim=ndim, cached_arrays=0).read(ref)
+    with ImageReader(identifier_fields=identifier_fields, ndim=ndim, cached_arrays=0) as reader:
+        return reader.read(ref)
+
+
+def _nifti_spacing(img: Any, n_spatial: int) -> tuple[float, ...] | None:
+    zooms = [float(z) for z in img.header.get_zooms()[:n_spatial]]
+    unit = img.header.get_xyzt_units()[0]
+    scale = {"meter": 1000.0, "micron": 0.001}.get(unit, 1.0)
+    return tuple(z * scale for z in zooms) if len(zooms) == n_spatial else None
+
+
+def _hdf5_attrs(obj: Any) -> tuple[str | None, tuple[float, ...] | None]:
+    """An HDF5 dataset's modality (upper case) and spacing in mm, where its attributes say."""
+    modality = _attr_str(obj.attrs.get("modality"))
+    spacing = _floats(obj.attrs.get("spacing_mm", obj.attrs.get("spacing")))
+    if spacing is None:
+        um = _floats(obj.attrs.get("element_size_um"))
+        spacing = None if um is None else tuple(v / 1000.0 for v in um)
+    return (modality.upper() if modality else None), spacing
 
 
 class _DropAll(logging.Filter):

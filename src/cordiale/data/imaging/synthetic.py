@@ -12,6 +12,9 @@ sites differ the way real hospitals do (a domain shift that federated models mus
 * ``noise``: additive Gaussian noise (canonical units, at acquisition resolution);
 * ``intensity_scale``: gain; stored values are ``round(1000 * intensity_scale * x)`` (uint16).
 
+With ``lesions = k`` a positive image holds k blobs: volumes for patch-based training, where a
+patch labelled with its volume's label should usually see a lesion.
+
 Images of one patient share their anatomy (a smooth background field), so that a split that
 leaks a patient across train and test is rewarded, as it is on real data. Labels are drawn per
 image with an exact count per site (``round(prevalence * images)``). Patient ids are pseudonyms
@@ -237,18 +240,21 @@ def render_image(
     *,
     lesion: bool,
     anatomy: np.ndarray | None = None,
+    lesions: int = 1,
 ) -> np.ndarray:
     """One canonical image in [0, 1] (before scanner effects).
 
     ``anatomy`` is the patient's smooth background field (zero mean, unit variance); a fresh one
-    is drawn when it is None.
+    is drawn when it is None. A positive image holds ``lesions`` blobs (several spread over a
+    volume, so that most patches of it see one).
     """
     sigma = max(1.0, min(shape) / 16)
     if anatomy is None:
         anatomy = _smooth_field(rng, shape, sigma)
     image = 0.30 + 0.06 * anatomy + 0.025 * _smooth_field(rng, shape, sigma / 3)
     if lesion:
-        image = image + _blob(rng, shape)
+        for _ in range(lesions):
+            image = image + _blob(rng, shape)
     return np.clip(image, 0.0, 1.0)
 
 
@@ -388,6 +394,7 @@ def generate_site(
     shape: Sequence[int] = (64, 64),
     fmt: Format | str = "nifti",
     seed: int = 0,
+    lesions: int = 1,
 ) -> Path:
     """Write one site's images under ``out_dir`` (the site's own folder) and its manifest.
 
@@ -405,6 +412,8 @@ def generate_site(
             f"need at least one patient and one image per patient; got {patients} patients, "
             f"{images_per_patient} images per patient"
         )
+    if not 1 <= lesions <= 32:
+        raise ConfigError(f"lesions per positive image must be within [1, 32]; got {lesions}")
     if not 0.0 <= prevalence <= 1.0:
         raise ConfigError(f"prevalence must be within [0, 1]; got {prevalence} for {site!r}")
 
@@ -435,7 +444,9 @@ def generate_site(
             anatomy = _smooth_field(rng, shape_t, sigma)
             for k in range(images_per_patient):
                 label = int(labels[p * images_per_patient + k])
-                canonical = render_image(rng, shape_t, lesion=bool(label), anatomy=anatomy)
+                canonical = render_image(
+                    rng, shape_t, lesion=bool(label), anatomy=anatomy, lesions=lesions
+                )
                 pixels = scanner.apply(canonical, rng)
                 name = f"{k:02d}"
                 if fmt == "dicom":
@@ -500,6 +511,7 @@ def generate(
     prevalence: float | Mapping[str, float] = 0.5,
     shape: Sequence[int] = (64, 64),
     seed: int = 0,
+    lesions: int = 1,
 ) -> dict[str, Path]:
     """Write every site under ``out_dir/<site>/``; returns each site's manifest path.
 
@@ -531,5 +543,6 @@ def generate(
             shape=shape,
             fmt=fmt,
             seed=seed,
+            lesions=lesions,
         )
     return manifests

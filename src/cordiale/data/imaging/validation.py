@@ -19,10 +19,16 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from cordiale.core.errors import ContractViolation
+from cordiale.core.errors import ContractViolation, DataError
 from cordiale.data.imaging.contract import ImagingContract
 from cordiale.data.imaging.manifest import Manifest, ManifestRow
-from cordiale.data.imaging.readers import Image, ImageReader, ImageReadError, ImageRef
+from cordiale.data.imaging.readers import (
+    Image,
+    ImageMeta,
+    ImageReader,
+    ImageReadError,
+    ImageRef,
+)
 
 __all__ = ["MAX_ROWS_PER_PROBLEM", "ImageRecord", "ManifestViolation", "validate_manifest"]
 
@@ -44,14 +50,23 @@ _KINDS = {
 
 @dataclass(frozen=True, eq=False)
 class ImageRecord:
-    """One validated manifest row with its image loaded."""
+    """One validated manifest row with its image loaded (or, probed, its metadata only)."""
 
     row: int
     ref: ImageRef
     label: int
     patient_id: str
     subgroups: dict[str, str]
-    image: Image
+    meta: ImageMeta
+    #: None when the manifest was validated with ``probe=True`` (volumes read in patches).
+    image: Image | None = None
+
+    @property
+    def loaded(self) -> Image:
+        """The image; raises for a probed record."""
+        if self.image is None:
+            raise DataError(f"row {self.row}: the image was probed, not loaded")
+        return self.image
 
 
 class ManifestViolation(ContractViolation):
@@ -105,12 +120,21 @@ def validate_manifest(
     *,
     dataset: str | None = None,
     reader: ImageReader | None = None,
+    probe: bool = False,
 ) -> list[ImageRecord]:
     """Every row's image, loaded and checked; raises :class:`ManifestViolation` on any problem.
 
-    ``dataset`` names the dataset in the error (the contract's name by default).
+    ``dataset`` names the dataset in the error (the contract's name by default). With ``probe``
+    only each image's header is read (NIfTI and HDF5 volumes, which are then read in patches):
+    voxel values are not checked here but patch by patch.
     """
-    reader = reader or ImageReader(identifier_fields=contract.identifier_fields, ndim=contract.ndim)
+    if reader is None:
+        with ImageReader(
+            identifier_fields=contract.identifier_fields, ndim=contract.ndim
+        ) as own_reader:
+            return validate_manifest(
+                manifest, contract, dataset=dataset, reader=own_reader, probe=probe
+            )
     problems = _Problems()
     records: list[ImageRecord] = []
     seen: dict[str, int] = {}
@@ -124,7 +148,8 @@ def validate_manifest(
         label = _label(row, contract, problems)
         if label is not None:
             labels.append(label)
-        image = None
+        image: Image | None = None
+        meta: ImageMeta | None = None
         ref = row.ref(manifest.root)
         if not row.path:
             problems.add("cells", row, "no path")
@@ -135,14 +160,20 @@ def validate_manifest(
             else:
                 seen[key] = row.row
                 try:
-                    image = reader.read(ref)
+                    if probe:
+                        meta = reader.probe(ref)
+                    else:
+                        image = reader.read(ref)
+                        meta = image.meta
                 except ImageReadError as e:
                     problems.add("unreadable", row, e.reason)
                 else:
-                    for kind, text in _image_problems(image, contract):
+                    for kind, text in _image_problems(meta, image, contract):
                         problems.add(kind, row, text)
-        if problems.total == before and image is not None and label is not None:
-            records.append(ImageRecord(row.row, ref, label, row.patient_id, row.subgroups, image))
+        if problems.total == before and meta is not None and label is not None:
+            records.append(
+                ImageRecord(row.row, ref, label, row.patient_id, row.subgroups, meta, image)
+            )
     problems.close()
     if len(manifest.rows) < contract.min_images:
         problems.add_general(
@@ -182,8 +213,9 @@ def _label(row: ManifestRow, contract: ImagingContract, problems: _Problems) -> 
     return int(value)
 
 
-def _image_problems(image: Image, contract: ImagingContract) -> list[tuple[str, str]]:
-    meta = image.meta
+def _image_problems(
+    meta: ImageMeta, image: Image | None, contract: ImagingContract
+) -> list[tuple[str, str]]:
     out: list[tuple[str, str]] = []
     if (
         not contract.any_modality
@@ -219,7 +251,7 @@ def _image_problems(image: Image, contract: ImagingContract) -> list[tuple[str, 
                 + ", ".join(meta.identifiers),
             )
         )
-    if not np.isfinite(image.array).all():
+    if image is not None and not np.isfinite(image.array).all():
         out.append(("values", "non-finite voxel values (NaN or infinity)"))
     return out
 
