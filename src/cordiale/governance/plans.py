@@ -4,7 +4,10 @@ A *training plan* is the code that touches a site's rows. The built-in plan ``ta
 source of the modules that build, train and evaluate Cordiale's tabular models at a node (model
 definitions, local trainer, node-side tasks, DP and secure-aggregation node steps); its identity is
 the SHA-256 of those sources, concatenated in a fixed order with their names. Any change to any of
-them - an upgrade of the package, a one-byte edit - is a new plan that needs a new approval.
+them - an upgrade of the package, a one-byte edit - is a new plan that needs a new approval. The
+built-in plan ``imaging`` adds the MONAI networks, the transforms and the patch sampling of
+imaging studies (:mod:`cordiale.learn.imaging_plans`) and the installed MONAI version: upgrading
+MONAI at a node is a new plan too.
 
 Every task names the plan it expects (``plan.name``, ``plan.sha256``, computed by the hub from its
 own copy); the node computes the hash of the code it would run itself, refuses a task whose hash
@@ -27,6 +30,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import hashlib
+import importlib.metadata
 import importlib.util
 import json
 import os
@@ -48,18 +52,30 @@ __all__ = [
     "own_plan_builder",
 ]
 
+_TABULAR = (
+    "cordiale.learn.models",
+    "cordiale.learn.trainer",
+    "cordiale.learn.tasks",
+    "cordiale.learn.dp",
+    "cordiale.learn.secure_aggregation",
+    "cordiale.data.features",
+    "cordiale.data.local",
+)
 #: Built-in plans: the modules whose source is the code a node runs on its data, in hash order.
 BUILTIN_PLANS: dict[str, tuple[str, ...]] = {
-    "tabular": (
-        "cordiale.learn.models",
-        "cordiale.learn.trainer",
-        "cordiale.learn.tasks",
-        "cordiale.learn.dp",
-        "cordiale.learn.secure_aggregation",
-        "cordiale.data.features",
-        "cordiale.data.local",
+    "tabular": _TABULAR,
+    # MONAI networks, transforms and patch sampling, around the same trainer and tasks
+    "imaging": (
+        *_TABULAR,
+        "cordiale.learn.imaging_plans",
+        "cordiale.data.imaging.transforms",
+        "cordiale.data.imaging.dataset",
+        "cordiale.data.imaging.patch_dataset",
+        "cordiale.data.imaging.patches",
     ),
 }
+#: Third-party packages whose installed version is part of a built-in plan's identity.
+BUILTIN_PLAN_PACKAGES: dict[str, tuple[str, ...]] = {"imaging": ("monai",)}
 
 
 @dataclass(frozen=True)
@@ -82,9 +98,19 @@ def builtin_plan(name: str) -> Plan:
         if not path.is_file():
             raise ConfigError(f"plan {name}: module {module} is not installed ({path})")
         parts.append(f"# ==== {module} ====\n{path.read_text(encoding='utf-8')}")
+    for package in BUILTIN_PLAN_PACKAGES.get(name.removeprefix("builtin:"), ()):
+        parts.append(f"# ==== {package} (third-party) ====\n# version {_version(package)}\n")
     source = "\n".join(parts)
     digest = hashlib.sha256(source.encode("utf-8")).hexdigest()
     return Plan(f"builtin:{name.removeprefix('builtin:')}", digest, source)
+
+
+def _version(package: str) -> str:
+    """The installed version of ``package`` (from its metadata, without importing it)."""
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
 
 
 def custom_plan(source: str, *, name: str = "custom") -> Plan:

@@ -32,6 +32,7 @@ from cordiale.core.records import ArrayRecord, ConfigRecord
 from cordiale.data.features import Standardizer, combine_stats
 from cordiale.governance.plans import Plan, builtin_plan, own_plan_builder
 from cordiale.learn.dp import ClientDP, DPSettings
+from cordiale.learn.imaging_plans import NetworkSpec, build_network
 from cordiale.learn.metrics import ScoreHistogram, compute_metrics
 from cordiale.learn.models import ModelSpec, build_model, build_with, get_weights
 from cordiale.learn.secure_aggregation import (
@@ -64,7 +65,8 @@ class FederationConfig:
     # Sent with every task: what a networked node needs to find its data (dataset, contract).
     task_context: dict[str, str | float | int] = field(default_factory=dict)
     dp: DPSettings | None = None
-    plan: Plan | None = None  # a custom plan (None: the built-in tabular models)
+    plan: Plan | None = None  # a custom plan (None: the built-in tabular models or network)
+    network: NetworkSpec | None = None  # a built-in imaging network (plan builtin:imaging)
     initial_weights: ArrayRecord | None = None  # built by the researcher for a custom plan
 
     def __post_init__(self) -> None:
@@ -185,6 +187,8 @@ class Federation:
 
     def _task_config(self, server_round: int, node: str) -> ConfigRecord:
         cfg = ConfigRecord(self.config.model.to_config())
+        if self.config.network is not None:
+            cfg.update(self.config.network.to_config())
         for k, v in self.config.train.to_config().items():
             cfg[k] = v
         for k, v in self.strategy.fit_config(server_round).items():
@@ -236,6 +240,12 @@ class Federation:
         elif self.config.plan is not None:  # simulation: the researcher's own machine
             builder = own_plan_builder(self.config.plan)
             self.weights = get_weights(build_with(builder, num_features, seed=self.config.seed))
+        elif self.config.network is not None:  # the built-in network, as the nodes build it
+            network = self.config.network
+            model = build_with(
+                lambda n: build_network(network, n), num_features, seed=self.config.seed
+            )
+            self.weights = get_weights(model)
         else:
             model = build_model(self.config.model, num_features, seed=self.config.seed)
             self.weights = get_weights(model)
@@ -351,7 +361,7 @@ class Federation:
         """Which code the nodes must run: the custom plan (with its source) or the built-in."""
         plan = self.config.plan
         if plan is None:
-            builtin = builtin_plan("tabular")
+            builtin = builtin_plan("imaging" if self.config.network is not None else "tabular")
             return {"plan.name": builtin.name, "plan.sha256": builtin.sha256}
         return {"plan.name": plan.name, "plan.sha256": plan.sha256, "plan.source": plan.source}
 

@@ -129,8 +129,8 @@ def _numpy_dtype(dtype: torch.dtype) -> np.dtype[Any]:
 def set_weights(model: nn.Module, weights: ArrayRecord, *, keep: tuple[str, ...] = ()) -> None:
     """Load ``weights`` into ``model`` after checking names, shapes and dtypes.
 
-    Names starting with a prefix in ``keep`` are left as they are (personalised local layers)
-    and may be absent from ``weights``.
+    Names starting with a prefix in ``keep`` (personalised local layers) may be absent from
+    ``weights``: those absent are left as they are, those present are loaded.
     """
     state = model.state_dict()
     expected = {k for k in state if not k.startswith(keep)} if keep else set(state)
@@ -143,7 +143,7 @@ def set_weights(model: nn.Module, weights: ArrayRecord, *, keep: tuple[str, ...]
         )
     sources = {}
     for k, t in state.items():
-        if k not in expected:
+        if k not in expected and k not in got:  # a local layer this node has no values for yet
             continue
         arr = weights[k]
         if arr.shape != tuple(t.shape) or arr.dtype != _numpy_dtype(t.dtype):

@@ -36,7 +36,15 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializeAsAny,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 from safetensors import SafetensorError
 from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
@@ -47,10 +55,13 @@ from cordiale.core.tomlfile import read_toml, validation_problems
 from cordiale.data.contract import DataContract
 from cordiale.data.features import FeatureEncoder
 from cordiale.data.imaging.contract import ImagingContract
+from cordiale.data.imaging.patch_dataset import PatchSpec
+from cordiale.data.imaging.transforms import TransformSpec, parse_transforms, transforms_to_json
 from cordiale.governance.plans import Plan, custom_plan, own_plan_builder
 from cordiale.learn.dp import DPSettings
 from cordiale.learn.federation import FederationConfig
-from cordiale.learn.models import ModelSpec, build_with, get_weights
+from cordiale.learn.imaging_plans import NETWORKS, NetworkSpec, batchnorm_prefixes, build_network
+from cordiale.learn.models import ModelSpec, TabularNet, build_with, get_weights
 from cordiale.learn.secure_aggregation import SecureAggregationConfig
 from cordiale.learn.strategies import Strategy, make_strategy
 from cordiale.learn.trainer import TrainConfig
@@ -93,13 +104,31 @@ class DataSection(_Section):
     contract: DataContract | ImagingContract
     test_fraction: float = Field(default=0.2, gt=0, lt=1)
     scaling: Literal["federated", "site"] = "federated"
+    # imaging: MONAI transforms from an allow-list (see cordiale.data.imaging.transforms)
+    preprocess: list[SerializeAsAny[TransformSpec]] = Field(default_factory=list)
+    augment: list[SerializeAsAny[TransformSpec]] = Field(default_factory=list)
+    # imaging: train on patches drawn lazily from volumes (cordiale.data.imaging.patch_dataset)
+    patches: PatchSpec | None = None
+
+    @field_validator("preprocess", "augment", mode="before")
+    @classmethod
+    def _transforms(cls, v: object, info: ValidationInfo) -> list[TransformSpec]:
+        try:
+            return parse_transforms(v, info.field_name)  # type: ignore[arg-type]
+        except ConfigError as e:
+            raise ValueError(str(e)) from None
 
 
 class ModelSection(_Section):
     kind: Literal["logreg", "mlp"] = "logreg"
     hidden: list[int] = Field(default_factory=lambda: [32])
     batchnorm: bool = False
+    # imaging: a built-in MONAI network (plan builtin:imaging), e.g. "monai:densenet121"
+    network: str | None = None
+    network_params: dict[str, Any] = Field(default_factory=dict)
     local_layers: list[str] = Field(default_factory=list)
+    # keep every batch-norm layer at its site (FedBN), whatever the network names it
+    fedbn: bool = False
     # a custom plan: ``plan = "plan.py"`` in TOML (read into plan_source by StudySpec.load)
     plan_source: str | None = Field(default=None, max_length=200_000)
     # the custom plan's initial weights (base64 safetensors), built on the researcher's machine
@@ -203,6 +232,7 @@ class StudySpec(_Section):
                 f"data.kind is {self.data.kind!r} but data.contract is "
                 f"{'an imaging' if imaging else 'a tabular'} contract"
             )
+        problems += self._imaging_problems()
         if self.study.min_sites > len(self.study.sites):
             problems.append(
                 f"study.min_sites is {self.study.min_sites} but only "
@@ -219,12 +249,77 @@ class StudySpec(_Section):
                         "with secure aggregation use 'distributed'"
                     )
         except ConfigError as e:
-            problems.append(str(e))
+            if str(e) not in problems:
+                problems.append(str(e))
         if problems:
             raise ConfigError(
                 f"{source} has {len(problems)} problem(s):\n"
                 + "\n".join(f"  - {p}" for p in problems)
             )
+
+    def _imaging_problems(self) -> list[str]:
+        d, m = self.data, self.model
+        contract = d.contract
+        if not isinstance(contract, ImagingContract):
+            used = [
+                f"{what} is for imaging studies"
+                for what, value in (
+                    ("data.preprocess", d.preprocess),
+                    ("data.augment", d.augment),
+                    ("data.patches", d.patches),
+                    ("model.network", m.network),
+                )
+                if value
+            ]
+            return used
+        problems = []
+        if m.network is not None and m.plan_source is not None:
+            problems.append("give model.network or model.plan, not both")
+        if m.network is None and m.plan_source is None:
+            problems.append(
+                "an imaging study needs a network: model.network (one of "
+                + ", ".join(NETWORKS)
+                + ") or a custom plan (model.plan)"
+            )
+        for stage, specs in (("preprocess", d.preprocess), ("augment", d.augment)):
+            try:
+                parse_transforms(specs, stage, ndim=contract.ndim)  # type: ignore[arg-type]
+            except ConfigError as e:
+                problems.append(str(e))
+        side = None if contract.shape is None else min(contract.shape)
+        if d.patches is not None:
+            size = d.patches.size
+            side = min(size)
+            if len(size) != contract.ndim:
+                problems.append(
+                    f"data.patches.size has {len(size)} sides; the contract's images are "
+                    f"{contract.ndim}-D"
+                )
+            elif contract.shape is not None and any(
+                p > n for p, n in zip(size, contract.shape, strict=True)
+            ):
+                problems.append(
+                    f"data.patches.size {size} does not fit in the contract's shape "
+                    f"{contract.shape}"
+                )
+        try:
+            network = self.network_spec()
+        except ConfigError as e:  # an unknown network or parameter: names the valid ones
+            return [*problems, str(e)]
+        if network is not None and side is not None and side < network.min_side:
+            problems.append(
+                f"{network.name} downsamples by {network.min_side}: images (or patches) need "
+                f"every side >= {network.min_side}; the smallest here is {side}"
+            )
+        return problems
+
+    def network_spec(self) -> NetworkSpec | None:
+        """The built-in imaging network the study names (spatial dimensions from the contract)."""
+        m, contract = self.model, self.data.contract
+        if m.network is None:
+            return None
+        dims = contract.ndim if isinstance(contract, ImagingContract) else 2
+        return NetworkSpec(m.network, dims, dict(m.network_params))
 
     # -- what the round loop runs ----------------------------------------------------------
     def strategy_object(self) -> Strategy:
@@ -246,15 +341,43 @@ class StudySpec(_Section):
             model=ModelSpec(kind=m.kind, hidden=tuple(m.hidden), batchnorm=m.batchnorm),
             train=TrainConfig(**t.model_dump()),
             scaling=self.data.scaling,
-            local_layers=tuple(m.local_layers),
+            local_layers=tuple(m.local_layers) + self._fedbn_layers(),
             evaluate_every=self.evaluation.every,
             round_timeout=self.study.round_timeout,
             secure_aggregation=secagg,
             task_context=task_context(self),
             dp=p.dp_settings(),
             plan=self.custom_plan(),
+            network=self.network_spec(),
             initial_weights=self._initial_weights(),
         )
+
+    def _num_features(self) -> int:
+        contract = self.data.contract
+        if isinstance(contract, ImagingContract):
+            return contract.channels
+        return FeatureEncoder(contract).num_features
+
+    def _fedbn_layers(self) -> tuple[str, ...]:
+        """With ``model.fedbn``, the prefixes of every batch-norm layer of the model (read from
+        the initial weights when the researcher built them, else from the model built here)."""
+        if not self.model.fedbn:
+            return ()
+        weights = self._initial_weights()
+        if weights is None:
+            weights = get_weights(self._build_initial_model())
+        return batchnorm_prefixes(weights)
+
+    def _build_initial_model(self) -> Any:
+        plan, network = self.custom_plan(), self.network_spec()
+        seed = self.study.seed
+        if plan is not None:
+            return build_with(own_plan_builder(plan), self._num_features(), seed=seed)
+        if network is not None:
+            return build_with(lambda n: build_network(network, n), self._num_features(), seed=seed)
+        m = self.model
+        spec = ModelSpec(kind=m.kind, hidden=tuple(m.hidden), batchnorm=m.batchnorm)
+        return build_with(lambda n: TabularNet(spec, n), self._num_features(), seed=seed)
 
     def custom_plan(self) -> Plan | None:
         src = self.model.plan_source
@@ -270,18 +393,14 @@ class StudySpec(_Section):
         return ArrayRecord(tensors)
 
     def prepared_for_submission(self) -> StudySpec:
-        """With a custom plan, build its initial weights here, on the researcher's machine, so
-        that the hub never runs researcher code (nodes run it once their custodian approved)."""
-        plan = self.custom_plan()
-        if plan is None or self.model.initial_weights is not None:
+        """With a custom plan or a built-in network, build its initial weights here, on the
+        researcher's machine, so that the hub never runs researcher code (nodes run it once
+        their custodian approved) and needs no MONAI for imaging networks."""
+        if self.model.initial_weights is not None or (
+            self.model.plan_source is None and self.model.network is None
+        ):
             return self
-        contract = self.data.contract
-        num_features = (
-            contract.channels
-            if isinstance(contract, ImagingContract)
-            else FeatureEncoder(contract).num_features
-        )
-        model = build_with(own_plan_builder(plan), num_features, seed=self.study.seed)
+        model = self._build_initial_model()
         blob = base64.b64encode(st_save(dict(get_weights(model).items()))).decode()
         return self.model_copy(
             update={"model": self.model.model_copy(update={"initial_weights": blob})}
@@ -296,14 +415,22 @@ def task_context(spec: StudySpec) -> dict[str, str | float | int]:
 
     A node restarted mid-study can serve any task from this alone.
     """
-    return {
-        "data.kind": spec.data.kind,
-        "data.dataset": spec.data.dataset,
-        "data.contract": spec.data.contract.model_dump_json(),
-        "data.test_fraction": spec.data.test_fraction,
+    d = spec.data
+    context: dict[str, str | float | int] = {
+        "data.kind": d.kind,
+        "data.dataset": d.dataset,
+        "data.contract": d.contract.model_dump_json(),
+        "data.test_fraction": d.test_fraction,
         "study.seed": spec.study.seed,
         "study.category": spec.study.category,
     }
+    if d.preprocess:
+        context["data.preprocess"] = transforms_to_json(d.preprocess)
+    if d.augment:
+        context["data.augment"] = transforms_to_json(d.augment)
+    if d.patches is not None:
+        context["data.patches"] = d.patches.model_dump_json()
+    return context
 
 
 def _slug(name: str) -> str:

@@ -18,8 +18,11 @@ from cordiale.core.errors import ProtocolError
 from cordiale.core.messages import Content
 from cordiale.core.records import ArrayRecord, ConfigRecord, MetricRecord
 from cordiale.data.features import Standardizer, feature_stats
+from cordiale.data.imaging.patch_dataset import PatchDataset
+from cordiale.data.imaging.transforms import Augmenter, transforms_from_json
 from cordiale.data.local import SiteDataset
 from cordiale.learn.dp import privatise_update, sample_level_noise
+from cordiale.learn.imaging_plans import NetworkSpec, build_network
 from cordiale.learn.metrics import ScoreHistogram
 from cordiale.learn.models import (
     ModelSpec,
@@ -86,6 +89,8 @@ def _model(ds: SiteDataset, content: Content, state: NodeState, study: str) -> T
         if builder is None:
             raise ProtocolError("the task's custom plan is not approved at this node")
         model = build_with(builder, ds.num_features, seed=seed)
+    elif (network := NetworkSpec.from_config(cfg)) is not None:  # built-in imaging network
+        model = build_with(lambda n: build_network(network, n), ds.num_features, seed=seed)
     else:
         model = build_model(ModelSpec.from_config(cfg), ds.num_features, seed=seed)
     keep = tuple(cfg.get_str_list("local_layers"))
@@ -132,7 +137,9 @@ def train_update(
         train_cfg = replace(
             train_cfg, dp_noise_multiplier=z, dp_max_grad_norm=cfg.get_float("dp.clip_norm", 1.0)
         )
-    outcome = train_local(model, x, ds.y_train, train_cfg, seed=cfg.get_int("seed", 0))
+    outcome = train_local(
+        model, x, ds.y_train, train_cfg, seed=cfg.get_int("seed", 0), augment=_augmenter(cfg)
+    )
     end = get_weights(model)
     keep = tuple(cfg.get_str_list("local_layers"))
     if keep:
@@ -164,11 +171,25 @@ def run_train(ds: SiteDataset, content: Content, state: NodeState, study: str) -
     )
 
 
+def _augmenter(cfg: ConfigRecord) -> Augmenter | None:
+    """The study's training augmentation, seeded from the task's seed (None without one)."""
+    specs = transforms_from_json(cfg.get_str("data.augment", ""), "augment")
+    if not specs:
+        return None
+    return Augmenter(specs, seed=derive_seed(cfg.get_int("seed", 0), "augment"))
+
+
 def run_evaluate(ds: SiteDataset, content: Content, state: NodeState, study: str) -> Content:
-    """Score the test rows; reply with a score histogram (never the scores)."""
+    """Score the test rows; reply with a score histogram (never the scores).
+
+    For a patch dataset the scores are per volume: the mean probability of its patches.
+    """
     model = _model(ds, content, state, study)
     probs = predict_proba(model, _scaler(ds, content).transform(ds.x_test))
-    hist = ScoreHistogram.from_scores(probs, ds.y_test)
+    labels = ds.y_test
+    if isinstance(ds, PatchDataset):
+        probs, labels = ds.volume_scores(probs)
+    hist = ScoreHistogram.from_scores(probs, labels)
     return Content(
         arrays={"histogram": hist.to_record()}, metrics=MetricRecord({"num_examples": ds.num_test})
     )

@@ -132,11 +132,22 @@ def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     )
 
 
+#: Transforms a training batch (random augmentation of images); identity when None.
+Augment = Callable[[torch.Tensor], torch.Tensor]
+
+
 def train_local(
-    model: nn.Module, x: np.ndarray, y: np.ndarray, cfg: TrainConfig, *, seed: int
+    model: nn.Module,
+    x: np.ndarray,
+    y: np.ndarray,
+    cfg: TrainConfig,
+    *,
+    seed: int,
+    augment: Augment | None = None,
 ) -> TrainOutcome:
     """Train ``model`` in place on ``(x, y)``; return the mean training loss and step count.
 
+    ``augment`` transforms each training batch before the forward pass (never the test rows).
     With ``cfg.dp_noise_multiplier > 0`` this is DP-SGD (see the module docstring) and ``seed`` is
     not used: the sampling and the noise come from the operating system's entropy. Raises
     :class:`ConfigError` if the model cannot run DP-SGD (batch normalisation).
@@ -146,8 +157,12 @@ def train_local(
         raise ConfigError("cannot train on zero examples")
     xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
     yt = torch.from_numpy(np.ascontiguousarray(y, dtype=np.float32))
+
+    def batch(idx: torch.Tensor) -> torch.Tensor:
+        return xt[idx] if augment is None or len(idx) == 0 else augment(xt[idx])
+
     if cfg.dp_sgd:
-        return _train_dp_sgd(model, xt, yt, cfg)
+        return _train_dp_sgd(model, batch, yt, cfg)
     gen = torch.Generator().manual_seed(seed)
     anchor = [p.detach().clone() for p in model.parameters()] if cfg.proximal_mu > 0 else None
     opt = _optimizer(model, cfg)
@@ -158,10 +173,12 @@ def train_local(
         order = torch.randperm(n, generator=gen)
         for start in range(0, n, cfg.batch_size):
             idx = order[start : start + cfg.batch_size]
-            if len(idx) < 2 and any(isinstance(m, nn.BatchNorm1d) for m in model.modules()):
+            if len(idx) < 2 and any(
+                isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()
+            ):
                 continue  # batch norm cannot train on a single row
             opt.zero_grad()
-            loss = loss_fn(model(xt[idx]), yt[idx])
+            loss = loss_fn(model(batch(idx)), yt[idx])
             if anchor is not None:
                 prox = sum(
                     ((p - a) ** 2).sum() for p, a in zip(model.parameters(), anchor, strict=True)
@@ -207,7 +224,10 @@ def _add_proximal_gradient(mu: float, anchor: list[torch.Tensor]) -> Callable[[D
 
 
 def _train_dp_sgd(
-    model: nn.Module, xt: torch.Tensor, yt: torch.Tensor, cfg: TrainConfig
+    model: nn.Module,
+    batch: Callable[[torch.Tensor], torch.Tensor],
+    yt: torch.Tensor,
+    cfg: TrainConfig,
 ) -> TrainOutcome:
     """DP-SGD with Poisson sampling (Opacus), on a copy of ``model`` whose weights are copied
     back at the end: the caller's model never carries Opacus's hooks or per-sample attributes."""
@@ -252,7 +272,7 @@ def _train_dp_sgd(
                 opt.zero_grad(set_to_none=True)
                 # An empty Poisson sample is still a step (noise only), as the accountant counts
                 # it; the forward pass on zero rows gives zero-length per-example gradients.
-                logits = gsm(xt[idx])
+                logits = gsm(batch(idx))
                 loss = loss_fn(logits, yt[idx]) if len(idx) else logits.sum()
                 loss.backward()
                 opt.step()
@@ -271,8 +291,11 @@ def _train_dp_sgd(
 
 
 @torch.no_grad()
-def predict_proba(model: nn.Module, x: np.ndarray) -> np.ndarray:
-    """Predicted probability of the positive class for each row."""
+def predict_proba(model: nn.Module, x: np.ndarray, *, batch_size: int = 256) -> np.ndarray:
+    """Predicted probability of the positive class for each row (scored in batches)."""
     model.eval()
-    logits = model(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)))
+    xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    if len(xt) == 0:
+        return np.zeros(0, dtype=np.float64)
+    logits = torch.cat([model(xt[i : i + batch_size]) for i in range(0, len(xt), batch_size)])
     return torch.sigmoid(logits).numpy().astype(np.float64)

@@ -35,6 +35,8 @@ from cordiale.core.tomlfile import read_toml, validation_problems
 from cordiale.data.contract import DataContract
 from cordiale.data.imaging.contract import ImagingContract
 from cordiale.data.imaging.dataset import ImageDataset
+from cordiale.data.imaging.patch_dataset import PatchDataset, PatchSpec
+from cordiale.data.imaging.transforms import transforms_from_json
 from cordiale.data.local import SiteDataset, build_site_dataset
 from cordiale.data.tabular import read_table
 from cordiale.governance.plans import PlanApprovals
@@ -42,7 +44,7 @@ from cordiale.governance.policy import SitePolicy
 from cordiale.learn.tasks import derive_seed
 from cordiale.node.privacy import PrivacyKeeper
 
-__all__ = ["DatasetEntry", "NodeConfig", "SiteData"]
+__all__ = ["DatasetEntry", "NodeConfig", "SiteData", "dataset_for_task"]
 
 
 class DatasetEntry(BaseModel):
@@ -170,28 +172,44 @@ class SiteData:
                     f"this site has no dataset named {name!r}; it registered: "
                     f"{', '.join(sorted(self._entries)) or 'none'}"
                 )
-            raw_contract = config.get_str("data.contract", "{}")
-            fraction = config.get_float("data.test_fraction", 0.2)
-            seed = derive_seed(config.get_int("study.seed", 0), "split", self.node_id)
-            try:
-                if config.get_str("data.kind", "tabular") == "imaging":
-                    # the dataset's path is its manifest (images listed with labels and patients)
-                    dataset: SiteDataset = ImageDataset.from_manifest(
-                        entry.path,
-                        ImagingContract.model_validate_json(raw_contract),
-                        test_fraction=fraction,
-                        seed=seed,
-                        site=self.node_id,
-                    )
-                else:
-                    dataset = build_site_dataset(
-                        read_table(entry.path),
-                        DataContract.model_validate_json(raw_contract),
-                        site=self.node_id,
-                        test_fraction=fraction,
-                        seed=seed,
-                    )
-            except ValidationError as e:
-                raise ConfigError(f"the study's data contract is invalid: {e}") from None
+            dataset = dataset_for_task(entry.path, config, self.node_id)
             self._cache[study_id] = dataset
             return dataset
+
+
+def dataset_for_task(path: Path, config: ConfigRecord, site: str) -> SiteDataset:
+    """What a site builds from its file for a study's task: rows (CSV/Parquet) or images (the
+    manifest), checked against the task's contract, split with the study's seed, and for imaging
+    preprocessed or cut into patches as the study says. Simulation builds its sites with this
+    too, so both hold the same data."""
+    raw_contract = config.get_str("data.contract", "{}")
+    fraction = config.get_float("data.test_fraction", 0.2)
+    seed = derive_seed(config.get_int("study.seed", 0), "split", site)
+    try:
+        if config.get_str("data.kind", "tabular") != "imaging":
+            return build_site_dataset(
+                read_table(path),
+                DataContract.model_validate_json(raw_contract),
+                site=site,
+                test_fraction=fraction,
+                seed=seed,
+            )
+        # the dataset's path is its manifest (images listed with labels and patients)
+        contract = ImagingContract.model_validate_json(raw_contract)
+        preprocess = transforms_from_json(config.get_str("data.preprocess", ""), "preprocess")
+        patches = config.get_str("data.patches", "")
+        if patches:
+            return PatchDataset.from_manifest(
+                path,
+                contract,
+                PatchSpec.model_validate_json(patches),
+                test_fraction=fraction,
+                seed=seed,
+                site=site,
+                preprocess=preprocess,
+            )
+        return ImageDataset.from_manifest(
+            path, contract, test_fraction=fraction, seed=seed, site=site, preprocess=preprocess
+        )
+    except ValidationError as e:
+        raise ConfigError(f"the study's data settings are invalid: {e}") from None

@@ -38,6 +38,7 @@ from cordiale.learn.federation import (
     FederationResult,
     RoundRecord,
 )
+from cordiale.learn.imaging_plans import NetworkSpec
 from cordiale.learn.models import ModelSpec
 from cordiale.learn.secure_aggregation import SecureAggregationConfig
 from cordiale.learn.strategies import make_strategy
@@ -123,6 +124,9 @@ class SimulationSpec:
     secure_aggregation: SecureAggregationConfig | None = None
     dp: DPSettings | None = None
     plan: Plan | None = None  # a custom plan (None: the built-in models of ``model``)
+    network: NetworkSpec | None = None  # a built-in imaging network (plan builtin:imaging)
+    # what every task tells a node about its data (a study's transforms, patches)
+    task_context: dict[str, str | float | int] = field(default_factory=dict)
 
 
 @dataclass
@@ -162,7 +166,11 @@ class SimulationResult:
                 "strategy": spec.strategy,
                 "strategy_params": spec.strategy_params,
                 "rounds": spec.rounds,
-                "model": spec.model.describe(len(self.feature_names)),
+                "model": (
+                    spec.network.describe()
+                    if spec.network is not None
+                    else spec.model.describe(len(self.feature_names))
+                ),
                 "train": dict(spec.train.__dict__),
                 "seed": spec.seed,
                 "test_fraction": spec.test_fraction,
@@ -293,6 +301,8 @@ def simulate(
         secure_aggregation=spec.secure_aggregation,
         dp=spec.dp,
         plan=spec.plan,
+        network=spec.network,
+        task_context=spec.task_context,
     )
     # a custom plan runs from the researcher's own approved copy, as nodes run theirs
     plans = {spec.plan.sha256: own_plan_builder(spec.plan)} if spec.plan else {}
@@ -368,4 +378,6 @@ def simulation_of(study: StudySpec) -> SimulationSpec:
         secure_aggregation=config.secure_aggregation,
         dp=config.dp,
         plan=config.plan,
+        network=config.network,
+        task_context=config.task_context,
     )

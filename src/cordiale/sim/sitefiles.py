@@ -13,16 +13,14 @@ from pathlib import Path
 import numpy as np
 import tomli_w
 
+from cordiale.core.records import ConfigRecord
 from cordiale.data.catalog import get_dataset
-from cordiale.data.imaging.contract import ImagingContract
-from cordiale.data.imaging.dataset import ImageDataset
-from cordiale.data.local import SiteDataset, build_site_dataset
+from cordiale.data.local import SiteDataset
 from cordiale.data.partition import PartitionSpec, partition_indices
-from cordiale.data.tabular import read_table
 from cordiale.governance.plans import builtin_plan
-from cordiale.learn.study import StudySpec
+from cordiale.learn.study import StudySpec, task_context
 from cordiale.learn.tasks import derive_seed
-from cordiale.node.config import NodeConfig
+from cordiale.node.config import NodeConfig, dataset_for_task
 
 __all__ = ["site_datasets", "write_site_files"]
 
@@ -68,20 +66,5 @@ def write_site_files(
 def site_datasets(spec: StudySpec, tables: dict[str, Path]) -> dict[str, SiteDataset]:
     """What each node builds from its file (site -> CSV/Parquet table, or an imaging manifest)
     for ``spec``."""
-    out: dict[str, SiteDataset] = {}
-    for site in spec.study.sites:
-        seed = derive_seed(spec.study.seed, "split", site)
-        contract = spec.data.contract
-        if isinstance(contract, ImagingContract):
-            out[site] = ImageDataset.from_manifest(
-                tables[site], contract, test_fraction=spec.data.test_fraction, seed=seed, site=site
-            )
-        else:
-            out[site] = build_site_dataset(
-                read_table(tables[site]),
-                contract,
-                site=site,
-                test_fraction=spec.data.test_fraction,
-                seed=seed,
-            )
-    return out
+    config = ConfigRecord(task_context(spec))
+    return {site: dataset_for_task(tables[site], config, site) for site in spec.study.sites}

@@ -20,6 +20,7 @@ from cordiale.core.errors import DataError
 from cordiale.data.imaging.contract import ImagingContract
 from cordiale.data.imaging.manifest import Manifest
 from cordiale.data.imaging.split import split_by_patient
+from cordiale.data.imaging.transforms import TransformSpec, preprocess_images
 from cordiale.data.imaging.validation import ImageRecord, validate_manifest
 
 __all__ = ["ImageDataset"]
@@ -50,8 +51,10 @@ class ImageDataset:
         test_fraction: float,
         seed: int,
         site: str,
+        preprocess: Sequence[TransformSpec] = (),
     ) -> ImageDataset:
-        """Read, validate, split and stack the images a manifest lists.
+        """Read, validate, split and stack the images a manifest lists, each then put through
+        the ``preprocess`` transforms (:mod:`cordiale.data.imaging.transforms`).
 
         Raises :class:`~cordiale.core.errors.ContractViolation` listing every problem of the
         manifest, :class:`~cordiale.core.errors.DataError` when it cannot be read or split.
@@ -65,6 +68,7 @@ class ImageDataset:
             manifest.subgroup_columns,
             test_fraction=test_fraction,
             seed=seed,
+            preprocess=preprocess,
         )
 
     @classmethod
@@ -77,9 +81,10 @@ class ImageDataset:
         *,
         test_fraction: float,
         seed: int,
+        preprocess: Sequence[TransformSpec] = (),
     ) -> ImageDataset:
-        """Split validated records by patient and stack their images."""
-        shapes = {r.image.array.shape for r in records}
+        """Split validated records by patient and stack their images (then preprocess them)."""
+        shapes = {r.loaded.array.shape for r in records}
         if len(shapes) > 1:
             raise DataError(
                 f"dataset {name!r}: images come in {len(shapes)} different shapes; fix the "
@@ -88,7 +93,7 @@ class ImageDataset:
         patients = np.asarray([r.patient_id for r in records], dtype=object)
         labels = np.asarray([r.label for r in records], dtype=np.int64)
         train, test = split_by_patient(patients, labels, test_fraction=test_fraction, seed=seed)
-        x = np.stack([_channel_first(r) for r in records])
+        x = preprocess_images(preprocess, np.stack([_channel_first(r) for r in records]))
         groups = {
             c: np.asarray([r.subgroups.get(c, "") for r in records], dtype=object)
             for c in subgroup_columns
@@ -134,5 +139,5 @@ class ImageDataset:
 
 
 def _channel_first(record: ImageRecord) -> np.ndarray:
-    arr = record.image.array
-    return arr if record.image.meta.channels > 1 else arr[np.newaxis]
+    arr = record.loaded.array
+    return arr if record.meta.channels > 1 else arr[np.newaxis]
