@@ -12,7 +12,7 @@ from cordiale.core.errors import ConfigError
 from cordiale.hub.db import Database, ResearcherRow, RoundRow, SiteRow, StudyRow, TaskRow
 
 TABLES = {"sites", "researchers", "studies", "rounds", "tasks", "study_grants"}
-HEAD = "0004"  # the newest migration
+HEAD = "0005"  # the newest migration
 CEST = dt.timezone(dt.timedelta(hours=2))
 T0 = dt.datetime(2024, 5, 1, 12, 30, 15, 123456, tzinfo=dt.UTC)
 

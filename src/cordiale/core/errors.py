@@ -154,6 +154,12 @@ class PolicyRefusal(CordialeError):
     shareable = True
 
 
+class IntegrityError(CordialeError):
+    """Two records that must agree do not: a site's audit log and the hub's anchor of it."""
+
+    public_description = "records disagree"
+
+
 class TransportError(CordialeError):
     public_description = "transport failure"
 

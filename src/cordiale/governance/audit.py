@@ -48,8 +48,10 @@ Guarantees:
 What it does not do:
 
 * It cannot see a *rollback*: replacing the log and its head by an older copy of both (each
-  consistent and signed) passes, as does deleting both. Only an anchor kept elsewhere (the head's
-  count and hash noted by the data-protection officer, or sent to the hub) shows it.
+  consistent and signed) passes, as does deleting both. Only an anchor kept elsewhere shows it:
+  node logs are anchored at the hub (each hello and reply shows the head; the node checks
+  :meth:`AuditLog.holds` against the hub's anchor before serving, see
+  :mod:`cordiale.node.agent`); a data-protection officer may note a head's count and hash too.
 * ``time`` is the appender's clock, not a timestamp authority; it is signed but not checked for
   order.
 * :func:`verify` checks signatures against the key it is given; whether that certificate belongs
@@ -501,6 +503,22 @@ class AuditLog:
                     public_message=_PUBLIC_DAMAGED,
                 ) from None
         return result
+
+    def holds(self, count: int, last_hash: str) -> bool:
+        """Whether this log's first ``count`` entries end with the entry hashed ``last_hash``: an
+        anchor of it kept elsewhere (the hub keeps one per site) still matches. ``False`` when
+        the log is shorter (rolled back) or differs there (replaced). Hashes are not re-checked
+        here: :func:`verify` does that."""
+        if count == 0:
+            return last_hash == GENESIS
+        lines, _ = self._lines()
+        if count > len(lines):
+            return False
+        try:
+            entry = parse_entry(lines[count - 1])
+        except ValueError:
+            return False
+        return entry.seq == count - 1 and entry.hash == last_hash
 
     def entries(
         self,

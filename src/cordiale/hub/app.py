@@ -8,6 +8,7 @@ before they are read, and decoded only by the data-only wire codec.
 
 =========================================  =====================================================
 ``POST /v1/node/hello``                    register datasets (metadata and row counts only)
+``GET  /v1/node/audit-anchor``             the newest head of the node's audit log shown here
 ``POST /v1/node/heartbeat``                "still here" while a long task runs
 ``GET  /v1/node/tasks?wait=S``             long poll: the next task (wire bytes) or 204
 ``GET  /v1/node/tasks/{id}``               fetch a delivered task again (own tasks only)
@@ -24,6 +25,7 @@ before they are read, and decoded only by the data-only wire codec.
 
 # No ``from __future__ import annotations`` here: FastAPI reads the dependency annotations
 # (``Site``, ``Researcher``, local to create_app) at definition time.
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
@@ -50,6 +52,7 @@ from cordiale.hub.service import Hub
 __all__ = ["create_app"]
 
 WIRE_TYPE = "application/vnd.cordiale.message"
+_HEX64 = re.compile(r"[0-9a-f]{64}")
 _STATUS: list[tuple[type[CordialeError], int]] = [
     (AuthenticationError, 401),
     (PermissionDenied, 403),
@@ -64,6 +67,25 @@ _STATUS: list[tuple[type[CordialeError], int]] = [
 
 def _status(e: CordialeError) -> int:
     return next((code for cls, code in _STATUS if isinstance(e, cls)), 400)
+
+
+def _audit_head(request: Request) -> tuple[int, str] | None:
+    """The head of the node's audit log it shows with a hello or a reply (None: not shown)."""
+    count, last_hash = (
+        request.headers.get("x-cordiale-audit-count"),
+        request.headers.get("x-cordiale-audit-hash"),
+    )
+    if count is None and last_hash is None:
+        return None
+    if (
+        count is None
+        or last_hash is None
+        or not count.isdigit()
+        or len(count) > 12
+        or not _HEX64.fullmatch(last_hash)
+    ):
+        raise WireError("x-cordiale-audit-count/-hash must be an entry count and a SHA-256 hex")
+    return int(count), last_hash
 
 
 def create_app(hub: Hub) -> FastAPI:
@@ -115,7 +137,11 @@ def create_app(hub: Hub) -> FastAPI:
                 raise TypeError
         except (ValueError, KeyError, TypeError):
             raise WireError("hello must be JSON with a 'datasets' object") from None
-        return await run_in_threadpool(hub.hello, site, datasets)
+        return await run_in_threadpool(hub.hello, site, datasets, _audit_head(request))
+
+    @app.get("/v1/node/audit-anchor")
+    def audit_anchor(site: Site) -> dict[str, Any]:
+        return {"audit_anchor": hub.audit_anchor(site)}
 
     @app.post("/v1/node/heartbeat", status_code=204)
     def heartbeat(site: Site) -> Response:
@@ -139,7 +165,7 @@ def create_app(hub: Hub) -> FastAPI:
         if ctype.split(";")[0].strip() != WIRE_TYPE:
             raise WireError(f"replies must be sent as {WIRE_TYPE}, not {ctype or 'untyped'}")
         body = await read_body(request, hub.settings.max_upload_bytes)
-        outcome = await run_in_threadpool(hub.accept_reply, site, body)
+        outcome = await run_in_threadpool(hub.accept_reply, site, body, _audit_head(request))
         return JSONResponse({"status": outcome}, status_code=202 if outcome == "accepted" else 200)
 
     # -- researchers -------------------------------------------------------------------------

@@ -88,6 +88,9 @@ class SiteRow(Base):
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     last_seen: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     datasets: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    # the newest head of the site's audit log its node showed (0005): entries, last hash
+    audit_count: Mapped[int | None] = mapped_column(Integer)
+    audit_hash: Mapped[str | None] = mapped_column(String(64))
 
 
 class ResearcherRow(Base):

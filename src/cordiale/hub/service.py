@@ -56,6 +56,8 @@ __all__ = ["Hub", "HubSettings"]
 
 log = logging.getLogger(__name__)
 
+AuditHead = tuple[int, str]  # a site's audit log head: number of entries, hash of the last
+
 
 class Hub:
     """Everything the hub does, independent of HTTP."""
@@ -177,14 +179,57 @@ class Hub:
             or now - self._last_seen.get(s, -1e9) < self.settings.offline_after
         )
 
-    def hello(self, site: str, datasets: dict[str, Any]) -> dict[str, Any]:
+    def hello(
+        self, site: str, datasets: dict[str, Any], audit: AuditHead | None = None
+    ) -> dict[str, Any]:
+        """Register a node's datasets and move its audit anchor to the head it shows."""
         with self.db.session() as s:
             row = s.get(SiteRow, site)
             assert row is not None
+            self._anchor(row, audit)
             row.datasets = datasets
             row.last_seen = utcnow()
         log.info("site %s connected with datasets %s", site, sorted(datasets))
         return {"site": site, "consortium": self.ca.consortium}
+
+    def audit_anchor(self, site: str) -> dict[str, Any] | None:
+        """The newest head of ``site``'s audit log that its node showed (None: none yet)."""
+        with self.db.session() as s:
+            row = s.get(SiteRow, site)
+            assert row is not None
+            if row.audit_count is None:
+                return None
+            return {"count": row.audit_count, "last_hash": row.audit_hash}
+
+    def _anchor(self, row: SiteRow, audit: AuditHead | None) -> None:
+        """Move the site's audit anchor forward to ``audit``; refuse a head that went back.
+
+        A node shows the head of its audit log (entries, last hash) with every hello and reply.
+        Fewer entries than a head it showed before, or the same number with another hash, means
+        the log was rolled back or replaced at the site: the node is refused until its custodian
+        has looked, and the hub's own audit log records the event.
+        """
+        if audit is None:
+            return
+        previous = None if row.audit_count is None else (row.audit_count, row.audit_hash or "")
+        count, last_hash = audit
+        if previous is not None and (
+            count < previous[0] or (count == previous[0] and last_hash != previous[1])
+        ):
+            self.audit.append(
+                actor=f"site:{row.id}",
+                action="site.audit_rollback",
+                object=f"site/{row.id}",
+                details={"anchored": previous[0], "shown": count},
+            )
+            raise PermissionDenied(
+                f"the audit log of site {row.id!r} went back: the hub saw {previous[0]} "
+                f"entries, the node now shows {count}"
+                + (" with another history" if count == previous[0] else "")
+                + "; its custodian must verify the log ('cordiale audit verify') before it "
+                "serves again"
+            )
+        row.audit_count, row.audit_hash = count, last_hash
 
     def next_task(self, site: str, wait: float) -> tuple[str, bytes] | None:
         wait = max(0.0, min(wait, self.settings.max_poll_wait))
@@ -203,9 +248,14 @@ class Hub:
             raise NotFoundError(f"task {message_id} is not pending")
         return data
 
-    def accept_reply(self, site: str, data: bytes) -> str:
+    def accept_reply(self, site: str, data: bytes, audit: AuditHead | None = None) -> str:
         """Check and hand over a node's reply; returns ``accepted`` or ``duplicate``."""
         reply = decode_message(data, self.limits)  # WireError: 400, never unpickled
+        if audit is not None:
+            with self.db.session() as s:
+                row = s.get(SiteRow, site)
+                assert row is not None
+                self._anchor(row, audit)
         env = reply.envelope
         if env.sender != site:
             raise PermissionDenied(f"a reply from {site!r} claims to come from {env.sender!r}")

@@ -23,10 +23,16 @@ from typing import Any
 import httpx
 
 from cordiale.core.codec import DecodeLimits, decode_message
-from cordiale.core.errors import AuthenticationError, CryptoError, TransportError, WireError
+from cordiale.core.errors import (
+    AuthenticationError,
+    CryptoError,
+    IntegrityError,
+    TransportError,
+    WireError,
+)
 from cordiale.crypto.pki import EnrolmentKit
 from cordiale.crypto.tls import client_ssl_context, peer_identity
-from cordiale.governance.audit import AuditLog
+from cordiale.governance.audit import AuditEntry, AuditLog
 from cordiale.node.config import NodeConfig, SiteData
 from cordiale.node.runtime import NodeRuntime
 
@@ -126,20 +132,23 @@ class NodeAgent:
                 with self._client() as client:
                     # where results go, from the hub's own certificate (site policies use it)
                     self.runtime.hub_country = peer_identity(self.hub_url, self._ssl).country
+                    # before this log shows the hub anything new: does it hold what it showed?
+                    anchor = self._check(client.get("/v1/node/audit-anchor")).json()
+                    self._check_anchor(anchor.get("audit_anchor"))
                     hello = json.dumps({"datasets": datasets}).encode()
-                    self._record("node.hello", "hub", hello, {"datasets": len(datasets)})
+                    entry = self._record("node.hello", "hub", hello, {"datasets": len(datasets)})
                     self._check(
                         client.post(
                             "/v1/node/hello",
                             content=hello,
-                            headers={"content-type": "application/json"},
+                            headers={"content-type": "application/json", **_anchor(entry)},
                         )
                     )
                     self._on_event(f"{self.site}: connected to {self.hub_url}")
                     backoff = 0.25
                     self._serve(client)
-            except AuthenticationError:
-                raise  # a revoked or unknown certificate will not get better by retrying
+            except (AuthenticationError, IntegrityError):
+                raise  # a revoked certificate or a rolled-back audit log: retrying cannot help
             except (httpx.HTTPError, TransportError, CryptoError) as e:
                 if self._stop.is_set():
                     break
@@ -157,9 +166,11 @@ class NodeAgent:
                 continue
             with self._heartbeats(client):
                 reply = self.runtime.handle_bytes(response.content)
-            self._record_reply(response.headers.get("x-cordiale-message-id", ""), reply)
+            entry = self._record_reply(response.headers.get("x-cordiale-message-id", ""), reply)
             answer = client.post(
-                "/v1/node/replies", content=reply, headers={"content-type": WIRE_TYPE}
+                "/v1/node/replies",
+                content=reply,
+                headers={"content-type": WIRE_TYPE, **_anchor(entry)},
             )
             if answer.status_code in (400, 409, 413):  # e.g. the round closed before we answered
                 self._on_event(f"{self.site}: reply not taken: {_detail(answer)}")
@@ -169,18 +180,43 @@ class NodeAgent:
 
     def _record(
         self, action: str, obj: str, payload: bytes, details: dict[str, str | int | float]
-    ) -> None:
-        self.audit.append(
+    ) -> AuditEntry:
+        return self.audit.append(
             actor=f"site:{self.site}", action=action, object=obj, payload=payload, details=details
         )
 
-    def _record_reply(self, task_id: str, reply: bytes) -> None:
+    def _record_reply(self, task_id: str, reply: bytes) -> AuditEntry:
         try:
             env = decode_message(reply).envelope  # our own bytes: only the envelope is read
             obj = f"study/{env.study_id}/round/{env.round}/{env.stage}"
         except WireError:
             obj = "unknown"
-        self._record("task.reply", obj, reply, {"task": task_id})
+        return self._record("task.reply", obj, reply, {"task": task_id})
+
+    def _check_anchor(self, anchor: Any) -> None:
+        """The hub keeps the newest head of this site's audit log that it was shown; the local
+        log must still hold it, or entries were removed or the log replaced since."""
+        if not isinstance(anchor, dict):
+            return  # the hub has seen no head of this log yet
+        count, last_hash = anchor.get("count"), anchor.get("last_hash")
+        if not isinstance(count, int) or not isinstance(last_hash, str):
+            raise TransportError("the hub sent a malformed audit anchor")
+        if not self.audit.holds(count, last_hash):
+            held = len(self.audit.entries())
+            what = (
+                f"holds {held} entries, the hub saw {count}: entries were removed (rolled back)"
+                if held < count
+                else f"no longer holds entry {count - 1} as the hub saw it: it was replaced"
+            )
+            raise IntegrityError(
+                f"the audit log {self.audit.path} {what}; run 'cordiale audit verify' and "
+                "investigate before this node serves again"
+            )
+
+
+def _anchor(entry: AuditEntry) -> dict[str, str]:
+    """Headers showing the hub the audit log's head, the entry for what is being sent included."""
+    return {"x-cordiale-audit-count": str(entry.seq + 1), "x-cordiale-audit-hash": entry.hash}
 
 
 def _detail(response: httpx.Response) -> str:
