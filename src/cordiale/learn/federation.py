@@ -19,8 +19,9 @@ Stages of a study:
 
 from __future__ import annotations
 
+import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -103,18 +104,21 @@ class EvaluationReport:
 class RoundRecord:
     round: int
     nodes: list[str]
-    train_loss: float
+    train_loss: float  # NaN when the sites did not report it (differential privacy)
     seconds: float
     evaluation: EvaluationReport | None = None
     failures: dict[str, str] = field(default_factory=dict)
     privacy: dict[str, float] = field(default_factory=dict)  # epsilon each site reports spent
+    #: the round's seconds had the nodes worked at the same time, as real sites do (equal to
+    #: ``seconds`` over a network; in one process, less the time all but the slowest node took)
+    concurrent_seconds: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
         """One round as results JSON: loss, pooled metrics, AUC per site, failures."""
         out: dict[str, Any] = {
             "round": self.round,
             "nodes": len(self.nodes),
-            "train_loss": self.train_loss,
+            "train_loss": self.train_loss if math.isfinite(self.train_loss) else None,
             "seconds": self.seconds,
         }
         if self.evaluation is not None:
@@ -185,7 +189,17 @@ class Federation:
                 failures[node] = "no reply before the round timeout"
         return ok, failures
 
-    def _task_config(self, server_round: int, node: str) -> ConfigRecord:
+    def _task_configs(self, server_round: int, nodes: Sequence[str]) -> dict[str, ConfigRecord]:
+        """Each node's task configuration: the round's (built once) with the node's own seed."""
+        base = self._round_config(server_round)
+        configs = {}
+        for node in nodes:
+            cfg = ConfigRecord(base)  # a copy; the round's values are validated once
+            cfg["seed"] = derive_seed(self.config.seed, server_round, node)
+            configs[node] = cfg
+        return configs
+
+    def _round_config(self, server_round: int) -> ConfigRecord:
         cfg = ConfigRecord(self.config.model.to_config())
         if self.config.network is not None:
             cfg.update(self.config.network.to_config())
@@ -194,7 +208,6 @@ class Federation:
         for k, v in self.strategy.fit_config(server_round).items():
             cfg[k] = v
         cfg["local_layers"] = list(self.config.local_layers)
-        cfg["seed"] = derive_seed(self.config.seed, server_round, node)
         for k, v in self.config.task_context.items():
             cfg[k] = v
         for k, v in self._plan_config().items():  # nodes run only approved code
@@ -254,13 +267,12 @@ class Federation:
         """Run training round ``server_round`` (1-based) and, when due, an evaluation."""
         if self.weights is None:
             raise ProtocolError("setup() must run before the first round")
-        t0 = time.perf_counter()
+        t0, saving0 = time.perf_counter(), self.transport.concurrency_saving
         rng = np.random.default_rng([self.config.seed, server_round])
         nodes = self.strategy.sample_nodes(self.transport.node_ids(), rng)
-        contents = {
-            n: Content(arrays=self._arrays(self.weights), config=self._task_config(server_round, n))
-            for n in nodes
-        }
+        arrays = self._arrays(self.weights)  # shared, read-only: each message encodes its own copy
+        configs = self._task_configs(server_round, nodes)
+        contents = {n: Content(arrays=dict(arrays), config=configs[n]) for n in nodes}
         if self.config.secure_aggregation is not None:
             record = self._secure_fit(server_round, contents)
         else:
@@ -270,6 +282,7 @@ class Federation:
         if last or (every and server_round % every == 0):
             record.evaluation = self.evaluate(self.weights, server_round=server_round)
         record.seconds = time.perf_counter() - t0
+        record.concurrent_seconds = record.seconds - (self.transport.concurrency_saving - saving0)
         self.history.append(record)
         return record
 
@@ -298,7 +311,11 @@ class Federation:
         ]
         self.weights = self.strategy.aggregate_fit(server_round, self.weights, results)
         total = sum(r.num_examples for r in results)
-        loss = sum(r.metrics["train_loss"] * r.num_examples for r in results) / total
+        loss = (  # sites under differential privacy do not report their loss
+            sum(r.metrics["train_loss"] * r.num_examples for r in results) / total
+            if all("train_loss" in r.metrics for r in results)
+            else math.nan
+        )
         privacy = {
             r.node_id: float(r.metrics["privacy.epsilon"])
             for r in results
@@ -346,11 +363,12 @@ class Federation:
 
         ``scaler`` overrides the study's scaling (to evaluate a model trained elsewhere).
         """
+        arrays = self._arrays(weights, scaler)
+        configs = self._task_configs(server_round, self.transport.node_ids())
         contents = {}
-        for n in self.transport.node_ids():
-            cfg = self._task_config(server_round, n)
+        for n, cfg in configs.items():
             cfg["personalized"] = personalized
-            contents[n] = Content(arrays=self._arrays(weights, scaler), config=cfg)
+            contents[n] = Content(arrays=dict(arrays), config=cfg)
         ok, _ = self._exchange("evaluate", server_round, contents)
         hists = {
             n: ScoreHistogram.from_record(m.content.arrays["histogram"]) for n, m in ok.items()

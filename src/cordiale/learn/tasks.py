@@ -7,12 +7,15 @@ aggregate: feature statistics, a model update and an example count, or a score h
 
 from __future__ import annotations
 
+import functools
 import zlib
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from torch import nn
 
 from cordiale.core.errors import ProtocolError
 from cordiale.core.messages import Content
@@ -27,7 +30,6 @@ from cordiale.learn.metrics import ScoreHistogram
 from cordiale.learn.models import (
     ModelSpec,
     TabularNet,
-    build_model,
     build_with,
     get_weights,
     set_weights,
@@ -47,6 +49,9 @@ __all__ = [
 ]
 
 
+MODELS_KEPT = 8  # built models a node keeps between tasks (a few studies at a time)
+
+
 def derive_seed(*parts: int | str) -> int:
     """A 63-bit seed derived from integers and strings (stable across processes and platforms)."""
     ints = [p if isinstance(p, int) else zlib.crc32(p.encode()) for p in parts]
@@ -62,6 +67,14 @@ class NodeState:
     local_layers: dict[str, ArrayRecord] = field(default_factory=dict)
     plans: dict[str, Callable[[int], Any]] = field(default_factory=dict)  # sha256 -> build_model
     secagg: dict[str, SecAggSession] = field(default_factory=dict)
+    models: OrderedDict[tuple[str, str, int], nn.Module] = field(default_factory=OrderedDict)
+
+    def keep_model(self, key: tuple[str, str, int], model: nn.Module) -> None:
+        """Remember a built model for the next task of its study (the few most recent only)."""
+        self.models[key] = model
+        self.models.move_to_end(key)
+        while len(self.models) > MODELS_KEPT:
+            self.models.popitem(last=False)
 
 
 def _scaler(ds: SiteDataset, content: Content) -> Standardizer:
@@ -77,31 +90,51 @@ def _scaler(ds: SiteDataset, content: Content) -> Standardizer:
     return scaler
 
 
-def _model(ds: SiteDataset, content: Content, state: NodeState, study: str) -> TabularNet:
+def _build(ds: SiteDataset, cfg: ConfigRecord, state: NodeState, study: str) -> nn.Module:
+    """A fresh model, or the one this node built for the study before: every value in it is
+    overwritten by the task's weights, so only models with local layers (whose first values come
+    from the seeded initialisation) are always built anew."""
+    builder: Callable[[int], Any]
+    if cfg.get_str("plan.source", ""):  # a custom plan: built only by the approved, imported copy
+        sha = cfg.get_str("plan.sha256", "")
+        found = state.plans.get(sha)
+        if found is None:
+            raise ProtocolError("the task's custom plan is not approved at this node")
+        builder, what = found, sha
+    elif (network := NetworkSpec.from_config(cfg)) is not None:  # built-in imaging network
+        builder, what = functools.partial(build_network, network), repr(network)
+    else:
+        spec = ModelSpec.from_config(cfg)
+        builder, what = functools.partial(TabularNet, spec), repr(spec)
+    reuse = not cfg.get_str_list("local_layers")
+    key = (study, what, ds.num_features)
+    model = state.models.get(key) if reuse else None
+    if model is None:
+        model = build_with(builder, ds.num_features, seed=cfg.get_int("seed", 0))
+        if reuse:
+            state.keep_model(key, model)
+    return model
+
+
+def _model(
+    ds: SiteDataset, content: Content, state: NodeState, study: str
+) -> tuple[nn.Module, ArrayRecord]:
+    """The task's model with its weights loaded, and those weights (the global model's, with
+    this node's local layers where the study keeps some)."""
     cfg = content.config
     weights = content.arrays.get("weights")
     if weights is None:
         raise ProtocolError("task carries no 'weights' record")
-    seed = cfg.get_int("seed", 0)
-    source = cfg.get_str("plan.source", "")
-    if source:  # a custom plan: built only by the node's approved, imported copy of it
-        builder = state.plans.get(cfg.get_str("plan.sha256", ""))
-        if builder is None:
-            raise ProtocolError("the task's custom plan is not approved at this node")
-        model = build_with(builder, ds.num_features, seed=seed)
-    elif (network := NetworkSpec.from_config(cfg)) is not None:  # built-in imaging network
-        model = build_with(lambda n: build_network(network, n), ds.num_features, seed=seed)
-    else:
-        model = build_model(ModelSpec.from_config(cfg), ds.num_features, seed=seed)
+    model = _build(ds, cfg, state, study)
     keep = tuple(cfg.get_str_list("local_layers"))
     if not keep or cfg.get("personalized", True) is False:
         set_weights(model, weights)
-        return model
+        return model, weights
     merged = weights.copy()
     for k, v in state.local_layers.get(study, ArrayRecord()).items():
         merged[k] = v
     set_weights(model, merged, keep=keep)  # local layers keep their initial values until trained
-    return model
+    return model, merged
 
 
 def run_stats(ds: SiteDataset, content: Content) -> Content:
@@ -122,8 +155,7 @@ def train_update(
     at the node and sends it only masked).
     """
     cfg: ConfigRecord = content.config
-    model = _model(ds, content, state, study)
-    start = get_weights(model)
+    model, start = _model(ds, content, state, study)
     x = _scaler(ds, content).transform(ds.x_train)
     train_cfg = TrainConfig.from_config(cfg)
     dp_mode = cfg.get_str("dp.mode", "")
@@ -149,7 +181,7 @@ def train_update(
     update = ArrayRecord(
         (k, (end[k].astype(np.float64) - start[k].astype(np.float64)).astype(start[k].dtype))
         for k in end
-        if np.issubdtype(end[k].dtype, np.floating) and not (keep and k.startswith(keep))
+        if end[k].dtype.kind == "f" and not (keep and k.startswith(keep))
     )
     if dp_mode == "client":  # clip, and add this node's noise share when noise is distributed
         update, _norm = privatise_update(update, cfg)
@@ -157,18 +189,16 @@ def train_update(
 
 
 def run_train(ds: SiteDataset, content: Content, state: NodeState, study: str) -> Content:
-    """Train locally from the global weights; reply with the update and the example count."""
+    """Train locally from the global weights; reply with the update and the example count.
+
+    The mean training loss goes along only without differential privacy: it is computed from
+    the raw rows, outside what the privacy accounting covers, so a DP study never releases it.
+    """
     update, outcome = train_update(ds, content, state, study)
-    return Content(
-        arrays={"update": update},
-        metrics=MetricRecord(
-            {
-                "num_examples": outcome.num_examples,
-                "train_loss": outcome.loss,
-                "steps": outcome.steps,
-            }
-        ),
-    )
+    metrics = MetricRecord({"num_examples": outcome.num_examples, "steps": outcome.steps})
+    if not content.config.get_str("dp.mode", ""):
+        metrics["train_loss"] = outcome.loss
+    return Content(arrays={"update": update}, metrics=metrics)
 
 
 def _augmenter(cfg: ConfigRecord) -> Augmenter | None:
@@ -184,7 +214,7 @@ def run_evaluate(ds: SiteDataset, content: Content, state: NodeState, study: str
 
     For a patch dataset the scores are per volume: the mean probability of its patches.
     """
-    model = _model(ds, content, state, study)
+    model, _ = _model(ds, content, state, study)
     probs = predict_proba(model, _scaler(ds, content).transform(ds.x_test))
     labels = ds.y_test
     if isinstance(ds, PatchDataset):

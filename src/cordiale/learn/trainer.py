@@ -267,8 +267,8 @@ def _train_dp_sgd(
         # on every run, harmlessly (per-example gradients need the layers' inputs and outputs only).
         warnings.filterwarnings("ignore", "Full backward hook is firing", UserWarning)
         for _ in range(cfg.epochs):
-            for batch in sampler:
-                idx = torch.as_tensor(batch, dtype=torch.long)
+            for rows in sampler:
+                idx = torch.as_tensor(rows, dtype=torch.long)
                 opt.zero_grad(set_to_none=True)
                 # An empty Poisson sample is still a step (noise only), as the accountant counts
                 # it; the forward pass on zero rows gives zero-length per-example gradients.
