@@ -50,6 +50,7 @@ __all__ = [
 
 
 MODELS_KEPT = 8  # built models a node keeps between tasks (a few studies at a time)
+SCALED_KEPT_BYTES = 64 * 1024 * 1024  # largest training matrix whose scaled copy is kept
 
 
 def derive_seed(*parts: int | str) -> int:
@@ -68,6 +69,31 @@ class NodeState:
     plans: dict[str, Callable[[int], Any]] = field(default_factory=dict)  # sha256 -> build_model
     secagg: dict[str, SecAggSession] = field(default_factory=dict)
     models: OrderedDict[tuple[str, str, int], nn.Module] = field(default_factory=OrderedDict)
+
+    #: the training rows as the study's scaler scaled them (the scaler is fixed at set-up, so
+    #: every round would compute the same): (rows, scaler mean, scaler std, scaled), by study
+    scaled: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = field(
+        default_factory=dict
+    )
+
+    def scaled_train(self, study: str, x: np.ndarray, scaler: Standardizer) -> np.ndarray:
+        """``scaler.transform(x)``, computed once per study while rows and scaler stay the same
+        (kept for tabular-sized data only: images are scaled as they are read)."""
+        hit = self.scaled.get(study)
+        if (
+            hit is not None
+            and hit[0] is x
+            and np.array_equal(hit[1], scaler.mean)
+            and np.array_equal(hit[2], scaler.std)
+        ):
+            return hit[3]
+        out = scaler.transform(x)
+        if isinstance(x, np.ndarray) and x.nbytes <= SCALED_KEPT_BYTES:
+            self.scaled.pop(study, None)
+            self.scaled[study] = (x, scaler.mean, scaler.std, out)
+            while len(self.scaled) > MODELS_KEPT:  # the oldest study's copy goes first
+                self.scaled.pop(next(iter(self.scaled)))
+        return out
 
     def keep_model(self, key: tuple[str, str, int], model: nn.Module) -> None:
         """Remember a built model for the next task of its study (the few most recent only)."""
@@ -156,7 +182,7 @@ def train_update(
     """
     cfg: ConfigRecord = content.config
     model, start = _model(ds, content, state, study)
-    x = _scaler(ds, content).transform(ds.x_train)
+    x = state.scaled_train(study, ds.x_train, _scaler(ds, content))
     train_cfg = TrainConfig.from_config(cfg)
     dp_mode = cfg.get_str("dp.mode", "")
     if dp_mode == "sample":  # DP-SGD; the node solves for its own noise (it knows its rows)
