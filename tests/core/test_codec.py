@@ -105,6 +105,9 @@ def _rewrite_array_header(data: bytes, mutate) -> bytes:
         (lambda h: h["w/x"].update(shape=[-1]), "invalid shape"),
         (lambda h: h["w/x"].update(data_offsets=[0, 10**12]), "needs"),
         (lambda h: h.update({"w/y": dict(h["w/x"])}), "gaps or overlapping"),
+        # well-formed safetensors that the library accepts, refused by our own rules
+        (lambda h: h["w/x"].update(dtype="BF16", shape=[8]), "'BF16' not allowed"),
+        (lambda h: h["w/x"].update(shape=[1] * 8 + [4]), "invalid shape"),
     ],
 )
 def test_hostile_array_headers_refused(mutate, match):

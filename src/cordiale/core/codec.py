@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 from pydantic import ValidationError
+from safetensors import SafetensorError
+from safetensors import deserialize as st_deserialize
 
 from cordiale.core.errors import ConfigError, WireError
 from cordiale.core.messages import Content, Envelope, ErrorInfo, Message
@@ -115,13 +117,47 @@ def _safetensors_parts(tensors: dict[str, np.ndarray]) -> list[Any]:
 
 
 def _read_safetensors(buf: memoryview, limits: DecodeLimits) -> dict[str, np.ndarray]:
-    """The arrays of a safetensors buffer, its header checked before anything is allocated.
+    """The arrays of a safetensors buffer, each checked before it is handed out.
+
+    The ``safetensors`` library parses and validates the header (offsets inside the buffer and
+    tiling it exactly, each span the size its shape and dtype need, checked arithmetic) before
+    it copies anything; the header length is bounded here first. Then every array must have an
+    allowed dtype and at most ``max_dims`` dimensions, and there may be at most ``max_tensors``.
+    A buffer the library refuses is examined by :func:`_explain`, so that the error names the
+    problem in our terms.
+    """
+    if len(buf) < 8:
+        raise WireError("array section truncated: shorter than its 8-byte length prefix")
+    (n,) = _U64.unpack(buf[:8])
+    if n > limits.max_header_bytes or 8 + n > len(buf):
+        raise WireError(f"array header length {n} exceeds the buffer or the limit")
+    try:
+        items = st_deserialize(bytes(buf))
+    except SafetensorError as e:
+        _explain(buf, limits)  # raises with the precise reason when it finds one
+        raise WireError(f"array section refused: {e}") from None
+    if len(items) > limits.max_tensors:
+        raise WireError(f"{len(items)} arrays exceed the limit of {limits.max_tensors}")
+    out = {}
+    for key, info in items:
+        tag, shape = info["dtype"], info["shape"]
+        dtype = _ST_DTYPES.get(tag)
+        if dtype is None:
+            raise WireError(
+                f"array {key!r}: dtype {tag!r} not allowed; allowed: {', '.join(_ST_DTYPES)}"
+            )
+        if len(shape) > limits.max_dims:
+            raise WireError(f"array {key!r}: invalid shape {shape!r}")
+        out[key] = np.frombuffer(info["data"], dtype=dtype).reshape(shape)
+    return out
+
+
+def _explain(buf: memoryview, limits: DecodeLimits) -> None:
+    """Find what is wrong with a safetensors buffer the library refused, and say it.
 
     Checked: the header's length and JSON, the number of arrays, each descriptor (dtype allowed,
     shape within ``max_dims`` and consistent with its byte span, offsets inside the buffer) and
-    that the spans tile the data section exactly (no gap, overlap or trailing byte). Then the
-    data section is copied once into writable memory and each array is a view of its span
-    (safetensors' own loader would copy array by array after parsing the header again).
+    that the spans tile the data section exactly (no gap, overlap or trailing byte).
     """
     if len(buf) < 8:
         raise WireError("array section truncated: shorter than its 8-byte length prefix")
@@ -167,19 +203,15 @@ def _read_safetensors(buf: memoryview, limits: DecodeLimits) -> dict[str, np.nda
                 f"array {key!r}: shape {shape} of {tag} needs {expected} bytes; "
                 f"offsets {offsets} in a {data_len}-byte buffer"
             )
-        spans.append((start, end, key, dtype, shape))
-    spans.sort(key=lambda span: span[:2])
+        spans.append((start, end))
+    spans.sort()
     pos = 0
-    for start, end, *_ in spans:
+    for start, end in spans:
         if start != pos:
             raise WireError("array buffer has gaps or overlapping arrays")
         pos = end
     if pos != data_len:
         raise WireError(f"array buffer has {data_len - pos} trailing bytes")
-    data = np.frombuffer(bytearray(buf[8 + n :]), dtype=np.uint8)
-    return {
-        key: data[start:end].view(dtype).reshape(shape) for start, end, key, dtype, shape in spans
-    }
 
 
 def _load_json_header(raw: bytes) -> dict[str, Any]:
