@@ -20,6 +20,7 @@ import argparse
 import json
 import statistics
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -42,6 +43,11 @@ ROOT = Path(__file__).resolve().parents[1]
 FLOWER_PY = ROOT / ".venv-flower" / "bin" / "python"
 TRAIN = TrainConfig(epochs=1, batch_size=32, lr=0.05, optimizer="sgd")
 MODEL = ModelSpec(kind="mlp", hidden=(32,))
+
+
+def wide_console() -> Console:
+    """A console whose tables keep their column names when the output is a file or a pipe."""
+    return Console() if sys.stdout.isatty() else Console(width=160)
 
 
 def pima_sites(n: int, seed: int) -> dict[str, LocalDataset]:
@@ -176,9 +182,10 @@ def main() -> None:
             if fl
             else "-",
         )
-    Console().print(table)
+    console = wide_console()
+    console.print(table)
     if not FLOWER_PY.exists():
-        Console().print("Flower not found (.venv-flower): see bench/README.md to set it up.")
+        console.print("Flower not found (.venv-flower): see bench/README.md to set it up.")
 
 
 if __name__ == "__main__":

@@ -18,12 +18,11 @@ import time
 
 import numpy as np
 import torch
-from rich.console import Console
 from rich.table import Table
 
 from cordiale.crypto import run_secagg_round
 from cordiale.learn.secure_aggregation import SecureAggregationConfig
-from round_overhead import cordiale_run, pima_sites
+from round_overhead import cordiale_run, pima_sites, wide_console
 
 
 def per_round(
@@ -85,7 +84,7 @@ def main() -> None:
                 f"{secure_conc:.4f}",
                 f"{secure_conc / plain_conc:.2f}x",
             )
-    console = Console()
+    console = wide_console()
     console.print(table)
     plain, secure = big_vector(10, 1_000_000)
     console.print(
