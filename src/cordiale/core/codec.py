@@ -6,9 +6,12 @@ Layout (all integers little-endian)::
 
 The JSON header holds the envelope, metrics, config, error and the names of the array records; the
 arrays travel as one safetensors buffer whose keys are ``"<record>/<name>"``. Decoding never
-unpickles and checks everything before allocating: total size, header size, the safetensors header
-(dtype allowed, shape consistent with the byte span, offsets inside the buffer, contiguous and
-non-overlapping), and that the arrays named in the header are exactly the arrays present.
+unpickles. The total size and both header sizes are checked before anything is parsed; the
+safetensors header (shape consistent with the byte span, offsets inside the buffer, contiguous
+and non-overlapping) by the ``safetensors`` library before it copies an array, so no allocation
+exceeds the bounded message; then each array's dtype must be allowed, its dimensions within the
+limit, and the arrays named in the header exactly the arrays present. Nothing is handed out
+before every check has passed.
 """
 
 from __future__ import annotations
