@@ -42,3 +42,14 @@ def test_config_record_values_and_typed_getters():
         c["d"] = {"nested": 1}
     with pytest.raises(ConfigError, match="must be an integer"):
         c.get_int("lr", 0)
+
+
+def test_names_stay_checked_however_many_were_seen_before():
+    """Valid names are remembered (keys repeat in every message); that memory is bounded and
+    never lets an invalid name through."""
+    for i in range(10_000):  # more than the memory holds: it is cleared and refilled
+        ConfigRecord({f"k{i}": i})
+    for bad in ("", "a b", "x" * 201, "naïve", 7, ("t",)):
+        with pytest.raises(ConfigError, match="key must be 1-200 characters"):
+            ConfigRecord({bad: 1})  # type: ignore[dict-item]
+    assert list(ConfigRecord({"k9999": 1, "k0": 2})) == ["k9999", "k0"]

@@ -59,12 +59,21 @@ ConfigValue: TypeAlias = Scalar | list[bool] | list[int] | list[float] | list[st
 V = TypeVar("V")
 
 
+_VALID_NAMES: set[str] = set()  # names checked before (keys repeat in every message)
+_VALID_NAMES_KEPT = 4096
+
+
 def check_name(name: object, kind: str) -> str:
     """Return ``name`` if it is a valid record key, else raise a ConfigError naming the problem."""
+    if type(name) is str and name in _VALID_NAMES:  # only names that passed are ever added
+        return name
     if not isinstance(name, str) or not _NAME.match(name):
         raise ConfigError(
             f"{kind} key must be 1-200 characters of letters, digits and _.-: ; got {name!r}"
         )
+    if len(_VALID_NAMES) >= _VALID_NAMES_KEPT:
+        _VALID_NAMES.clear()
+    _VALID_NAMES.add(name)
     return name
 
 
