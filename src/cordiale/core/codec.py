@@ -16,6 +16,7 @@ before every check has passed.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import struct
@@ -100,23 +101,24 @@ def _safetensors_parts(tensors: dict[str, np.ndarray]) -> list[Any]:
     more than the whole rest of encoding a model update; ``safetensors`` itself reads what this
     writes (tested), and :func:`decode_message` checks it the same way whoever wrote it.
     """
+    layout = tuple((key, arr.dtype, arr.shape) for key, arr in tensors.items())
+    prefix = _layout_prefix(layout)
+    return [prefix, *(arr.reshape(-1).view(np.uint8) for arr in tensors.values())]
+
+
+@functools.lru_cache(maxsize=256)
+def _layout_prefix(layout: tuple[tuple[str, np.dtype[Any], tuple[int, ...]], ...]) -> bytes:
+    """Length and JSON header of a safetensors buffer of arrays with these names, dtypes and
+    shapes, in this order (a model's layout repeats in every message: built once per layout)."""
     header: dict[str, Any] = {}
     offset = 0
-    for key, arr in tensors.items():
-        end = offset + arr.nbytes
-        header[key] = {
-            "dtype": _ST_TAG[arr.dtype],
-            "shape": list(arr.shape),
-            "data_offsets": [offset, end],
-        }
+    for key, dtype, shape in layout:
+        end = offset + math.prod(shape) * dtype.itemsize
+        header[key] = {"dtype": _ST_TAG[dtype], "shape": list(shape), "data_offsets": [offset, end]}
         offset = end
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)  # the format pads its header with spaces to 8-byte alignment
-    return [
-        _U64.pack(len(raw)),
-        raw,
-        *(arr.reshape(-1).view(np.uint8) for arr in tensors.values()),
-    ]
+    return _U64.pack(len(raw)) + raw
 
 
 def _read_safetensors(buf: memoryview, limits: DecodeLimits) -> dict[str, np.ndarray]:
