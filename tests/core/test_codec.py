@@ -80,6 +80,18 @@ def test_every_truncation_is_refused():
             decode_message(data[:cut])
 
 
+def test_a_known_layout_is_still_refused_with_the_wrong_data_length():
+    """Checked layouts are remembered by header and data length: the same header over a shorter
+    or longer data section is checked again, and refused."""
+    data = encode_message(_msg({"w": ArrayRecord({"x": np.arange(10, dtype=np.float32)})}))
+    decode_message(data)  # the layout is now known
+    with pytest.raises(WireError):
+        decode_message(data[:-1])
+    with pytest.raises(WireError, match="trailing bytes"):
+        decode_message(data + b"\0")
+    assert decode_message(data).content.arrays["w"]["x"].tolist() == list(range(10))
+
+
 def test_oversized_message_refused_before_decoding():
     data = encode_message(_msg({"w": ArrayRecord({"x": np.zeros(1000)})}))
     with pytest.raises(WireError, match="exceeds the limit"):

@@ -121,40 +121,69 @@ def _layout_prefix(layout: tuple[tuple[str, np.dtype[Any], tuple[int, ...]], ...
     return _U64.pack(len(raw)) + raw
 
 
+_Layout = tuple[tuple[str, np.dtype[Any], tuple[int, ...], int, int], ...]
+_CHECKED: dict[tuple[bytes, int, DecodeLimits], _Layout] = {}  # header, data length, limits
+_CHECKED_KEPT = 64
+
+
 def _read_safetensors(buf: memoryview, limits: DecodeLimits) -> dict[str, np.ndarray]:
     """The arrays of a safetensors buffer, each checked before it is handed out.
 
-    The ``safetensors`` library parses and validates the header (offsets inside the buffer and
-    tiling it exactly, each span the size its shape and dtype need, checked arithmetic) before
-    it copies anything; the header length is bounded here first. Then every array must have an
-    allowed dtype and at most ``max_dims`` dimensions, and there may be at most ``max_tensors``.
-    A buffer the library refuses is examined by :func:`_explain`, so that the error names the
-    problem in our terms.
+    The header length is bounded first. The checks depend only on the header and the length of
+    the data section, so a header seen before with the same length is not checked again (a
+    model's layout repeats in every message); a new one goes through :func:`_check_layout`. The
+    data section is then copied once into writable memory and each array is a view of its span.
     """
     if len(buf) < 8:
         raise WireError("array section truncated: shorter than its 8-byte length prefix")
     (n,) = _U64.unpack(buf[:8])
     if n > limits.max_header_bytes or 8 + n > len(buf):
         raise WireError(f"array header length {n} exceeds the buffer or the limit")
+    key = (bytes(buf[8 : 8 + n]), len(buf) - 8 - n, limits)
+    layout = _CHECKED.get(key)
+    if layout is None:
+        layout = _check_layout(buf, key[0], limits)
+        if len(_CHECKED) >= _CHECKED_KEPT:
+            _CHECKED.pop(next(iter(_CHECKED)))
+        _CHECKED[key] = layout
+    data = np.frombuffer(bytearray(buf[8 + n :]), dtype=np.uint8)
+    return {
+        name: data[start:stop].view(dtype).reshape(shape)
+        for name, dtype, shape, start, stop in layout
+    }
+
+
+def _check_layout(buf: memoryview, header: bytes, limits: DecodeLimits) -> _Layout:
+    """Check a safetensors buffer's header; return each array's name, dtype, shape and span.
+
+    The ``safetensors`` library parses and validates it (offsets inside the buffer and tiling it
+    exactly, each span the size its shape and dtype need, checked arithmetic); then every array
+    must have an allowed dtype and at most ``max_dims`` dimensions, and there may be at most
+    ``max_tensors``. A buffer the library refuses is examined by :func:`_explain`, so that the
+    error names the problem in our terms.
+    """
     try:
-        items = st_deserialize(bytes(buf))
+        st_deserialize(bytes(buf))
     except SafetensorError as e:
         _explain(buf, limits)  # raises with the precise reason when it finds one
         raise WireError(f"array section refused: {e}") from None
-    if len(items) > limits.max_tensors:
-        raise WireError(f"{len(items)} arrays exceed the limit of {limits.max_tensors}")
-    out = {}
-    for key, info in items:
+    described = json.loads(header)  # valid: the library just parsed it
+    described.pop("__metadata__", None)
+    if len(described) > limits.max_tensors:
+        raise WireError(f"{len(described)} arrays exceed the limit of {limits.max_tensors}")
+    layout = []
+    for name, info in described.items():
         tag, shape = info["dtype"], info["shape"]
         dtype = _ST_DTYPES.get(tag)
         if dtype is None:
             raise WireError(
-                f"array {key!r}: dtype {tag!r} not allowed; allowed: {', '.join(_ST_DTYPES)}"
+                f"array {name!r}: dtype {tag!r} not allowed; allowed: {', '.join(_ST_DTYPES)}"
             )
         if len(shape) > limits.max_dims:
-            raise WireError(f"array {key!r}: invalid shape {shape!r}")
-        out[key] = np.frombuffer(info["data"], dtype=dtype).reshape(shape)
-    return out
+            raise WireError(f"array {name!r}: invalid shape {shape!r}")
+        start, stop = info["data_offsets"]
+        layout.append((name, dtype, tuple(shape), start, stop))
+    return tuple(layout)
 
 
 def _explain(buf: memoryview, limits: DecodeLimits) -> None:
