@@ -8,6 +8,7 @@ against the local model first: a mismatching message is refused, never half-appl
 from __future__ import annotations
 
 import functools
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -19,7 +20,15 @@ from torch import nn
 from cordiale.core.errors import ConfigError, ProtocolError
 from cordiale.core.records import ArrayRecord, ConfigRecord
 
-__all__ = ["MODEL_KINDS", "ModelSpec", "build_model", "build_with", "get_weights", "set_weights"]
+__all__ = [
+    "MODEL_KINDS",
+    "ModelSpec",
+    "build_model",
+    "build_with",
+    "get_weights",
+    "keep_state",
+    "set_weights",
+]
 
 MODEL_KINDS = ("logreg", "mlp")
 
@@ -116,9 +125,30 @@ def build_with(builder: Callable[[int], nn.Module], num_features: int, *, seed: 
     return model
 
 
+#: state mappings of models kept between tasks whose tensors are only ever updated in place
+_KEPT_STATE: weakref.WeakKeyDictionary[nn.Module, dict[str, torch.Tensor]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def keep_state(model: nn.Module) -> None:
+    """Let :func:`get_weights` and :func:`set_weights` reuse ``model``'s ``state_dict`` mapping.
+
+    Only for models whose parameters and buffers are updated in place and never re-assigned (the
+    built-in ones: optimisers, batch norm and loading all write in place), so that the mapping's
+    tensors stay the model's own.
+    """
+    _KEPT_STATE[model] = model.state_dict()
+
+
+def _state(model: nn.Module) -> dict[str, torch.Tensor]:
+    kept = _KEPT_STATE.get(model)
+    return kept if kept is not None else model.state_dict()
+
+
 def get_weights(model: nn.Module) -> ArrayRecord:
     """The model's state as an ArrayRecord of numpy arrays (a copy)."""
-    return ArrayRecord((k, v.detach().cpu().numpy().copy()) for k, v in model.state_dict().items())
+    return ArrayRecord((k, v.detach().cpu().numpy().copy()) for k, v in _state(model).items())
 
 
 @functools.cache
@@ -132,7 +162,7 @@ def set_weights(model: nn.Module, weights: ArrayRecord, *, keep: tuple[str, ...]
     Names starting with a prefix in ``keep`` (personalised local layers) may be absent from
     ``weights``: those absent are left as they are, those present are loaded.
     """
-    state = model.state_dict()
+    state = _state(model)
     expected = {k for k in state if not k.startswith(keep)} if keep else set(state)
     got = set(weights)
     if not expected <= got or not got <= set(state):

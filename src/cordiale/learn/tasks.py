@@ -32,6 +32,7 @@ from cordiale.learn.models import (
     TabularNet,
     build_with,
     get_weights,
+    keep_state,
     set_weights,
 )
 from cordiale.learn.trainer import TrainConfig, TrainOutcome, predict_proba, train_local
@@ -139,6 +140,8 @@ def _build(ds: SiteDataset, cfg: ConfigRecord, state: NodeState, study: str) -> 
         model = build_with(builder, ds.num_features, seed=cfg.get_int("seed", 0))
         if reuse:
             state.keep_model(key, model)
+            if what != cfg.get_str("plan.sha256", ""):  # built-in: tensors only change in place
+                keep_state(model)
     return model
 
 
