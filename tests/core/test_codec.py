@@ -128,6 +128,17 @@ def test_hostile_array_headers_refused(mutate, match):
         decode_message(_rewrite_array_header(data, mutate))
 
 
+@pytest.mark.parametrize("token", [b"NaN", b"Infinity", b"-Infinity", b"1e999"])
+def test_non_finite_numbers_in_the_header_are_refused(token):
+    """The header is strict JSON: NaN and infinities (which Python's json accepts) are refused,
+    and an overflowing number never becomes an infinite metric."""
+    data = encode_message(_msg(metrics=MetricRecord({"loss": 0.25})))
+    hostile = data.replace(b"0.25", token)
+    hostile = hostile[:5] + struct.pack("<I", len(hostile) - 9) + hostile[9:]
+    with pytest.raises(WireError, match=r"not valid JSON|must be finite"):
+        decode_message(hostile)
+
+
 def test_bad_envelope_names_the_field():
     data = encode_message(_msg())
     hlen = struct.unpack("<I", data[5:9])[0]

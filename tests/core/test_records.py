@@ -53,3 +53,14 @@ def test_names_stay_checked_however_many_were_seen_before():
         with pytest.raises(ConfigError, match="key must be 1-200 characters"):
             ConfigRecord({bad: 1})  # type: ignore[dict-item]
     assert list(ConfigRecord({"k9999": 1, "k0": 2})) == ["k9999", "k0"]
+
+
+def test_integers_must_fit_in_64_bits():
+    """Every decoder reads JSON integers as 64-bit: a record refuses more, naming the key."""
+    assert ConfigRecord({"seed": 2**63 - 1, "low": -(2**63)})["seed"] == 2**63 - 1
+    with pytest.raises(ConfigError, match="'seed' must fit in 64 bits"):
+        ConfigRecord({"seed": 2**63})
+    with pytest.raises(ConfigError, match="'ids' must hold integers that fit in 64 bits"):
+        ConfigRecord({"ids": [1, 2**70]})
+    with pytest.raises(ConfigError, match="'n' must fit in 64 bits"):
+        MetricRecord({"n": -(2**64)})

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import orjson
 from pydantic import ValidationError
 from safetensors import SafetensorError
 from safetensors import deserialize as st_deserialize
@@ -88,7 +89,9 @@ def encode_message(message: Message) -> bytes:
         "error": c.error.model_dump(mode="json") if c.error else None,
         "arrays": names,
     }
-    hbytes = json.dumps(header, separators=(",", ":"), allow_nan=False).encode()
+    # orjson: compact, several times faster than json; records hold only finite numbers, so the
+    # NaN that orjson would write as null cannot occur
+    hbytes = orjson.dumps(header)
     prefix = _PREFIX.pack(MAGIC, VERSION, len(hbytes))
     return b"".join([prefix, hbytes, *_safetensors_parts(tensors)]) if tensors else prefix + hbytes
 
@@ -250,8 +253,8 @@ def _explain(buf: memoryview, limits: DecodeLimits) -> None:
 
 def _load_json_header(raw: bytes) -> dict[str, Any]:
     try:
-        header = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        header = orjson.loads(raw)  # strict JSON: no NaN or Infinity tokens, valid UTF-8 only
+    except orjson.JSONDecodeError as e:
         raise WireError(f"message header is not valid JSON: {e}") from None
     if not isinstance(header, dict) or set(header) != {
         "envelope",

@@ -196,17 +196,28 @@ class MetricRecord(_Record[float]):
     def _check(self, key: str, value: Any) -> float:
         if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
             raise ConfigError(f"metric {key!r} must be a number; got {type(value).__name__}")
+        if isinstance(value, int | np.integer):
+            if not _fits(int(value)):
+                raise ConfigError(f"metric {key!r} must fit in 64 bits; got {value}")
+            return int(value)
         f = float(value)
         if not math.isfinite(f):
             raise ConfigError(f"metric {key!r} must be finite; got {f}")
-        return int(value) if isinstance(value, int | np.integer) else f
+        return f
 
 
 _PLAIN_SCALARS = frozenset({bool, int, str})
+_INT64 = 2**63  # integers travel as JSON numbers that every decoder reads as 64-bit
+
+
+def _fits(value: int) -> bool:
+    return -_INT64 <= value < _INT64
 
 
 def _check_config_value(key: str, value: Any) -> ConfigValue:
     if type(value) in _PLAIN_SCALARS or isinstance(value, bool | int | str):
+        if type(value) is int and not _fits(value):
+            raise ConfigError(f"config {key!r} must fit in 64 bits; got {value}")
         return value  # type: ignore[no-any-return]
     if isinstance(value, float):
         if not math.isfinite(value):
@@ -222,6 +233,8 @@ def _check_config_value(key: str, value: Any) -> ConfigValue:
             )
         if kinds == {float} and not all(math.isfinite(x) for x in items):
             raise ConfigError(f"config {key!r} must hold finite numbers")
+        if kinds == {int} and not all(_fits(x) for x in items):
+            raise ConfigError(f"config {key!r} must hold integers that fit in 64 bits")
         return items
     raise ConfigError(
         f"config {key!r} must be a bool, int, float, str or a list of them; got "
