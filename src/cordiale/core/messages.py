@@ -9,7 +9,7 @@ and drop duplicates and replays (:class:`ReplayGuard`).
 
 from __future__ import annotations
 
-import uuid
+import secrets
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Literal
@@ -36,7 +36,8 @@ _ID = r"^[A-Za-z0-9_.\-]{1,128}$"
 
 
 def new_message_id() -> str:
-    return uuid.uuid4().hex
+    """128 random bits as 32 hex digits (unpredictable: a replayed or forged id is detected)."""
+    return secrets.token_hex(16)
 
 
 class Envelope(BaseModel):
@@ -84,17 +85,17 @@ class Message:
     def reply(self, content: Content) -> Message:
         """A reply to this message, addressed back to its sender."""
         env = self.envelope
-        return Message(
-            Envelope(
-                study_id=env.study_id,
-                round=env.round,
-                stage=env.stage,
-                sender=env.recipient,
-                recipient=env.sender,
-                reply_to=env.message_id,
-            ),
-            content,
+        # every field comes from this (validated) envelope or is a fresh id: no need to re-check
+        reply = Envelope.model_construct(
+            study_id=env.study_id,
+            round=env.round,
+            stage=env.stage,
+            sender=env.recipient,
+            recipient=env.sender,
+            message_id=new_message_id(),
+            reply_to=env.message_id,
         )
+        return Message(reply, content)
 
 
 class ReplayGuard:

@@ -72,26 +72,20 @@ class NodeState:
     models: OrderedDict[tuple[str, str, int], nn.Module] = field(default_factory=OrderedDict)
 
     #: the training rows as the study's scaler scaled them (the scaler is fixed at set-up, so
-    #: every round would compute the same): (rows, scaler mean, scaler std, scaled), by study
-    scaled: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = field(
-        default_factory=dict
-    )
+    #: every round would compute the same): (rows, the scaler's bytes, scaled), by study
+    scaled: dict[str, tuple[np.ndarray, bytes, np.ndarray]] = field(default_factory=dict)
 
     def scaled_train(self, study: str, x: np.ndarray, scaler: Standardizer) -> np.ndarray:
         """``scaler.transform(x)``, computed once per study while rows and scaler stay the same
         (kept for tabular-sized data only: images are scaled as they are read)."""
+        fitted = scaler.mean.tobytes() + scaler.std.tobytes()  # float64 of equal shapes
         hit = self.scaled.get(study)
-        if (
-            hit is not None
-            and hit[0] is x
-            and np.array_equal(hit[1], scaler.mean)
-            and np.array_equal(hit[2], scaler.std)
-        ):
-            return hit[3]
+        if hit is not None and hit[0] is x and hit[1] == fitted:
+            return hit[2]
         out = scaler.transform(x)
         if isinstance(x, np.ndarray) and x.nbytes <= SCALED_KEPT_BYTES:
             self.scaled.pop(study, None)
-            self.scaled[study] = (x, scaler.mean, scaler.std, out)
+            self.scaled[study] = (x, fitted, out)
             while len(self.scaled) > MODELS_KEPT:  # the oldest study's copy goes first
                 self.scaled.pop(next(iter(self.scaled)))
         return out
