@@ -37,6 +37,34 @@ def test_simulate_writes_json_and_learning_curve(tmp_path):
     assert "all sites" in proc.stdout and "federated AUC / pooled AUC" in proc.stdout
 
 
+def test_simulate_prints_a_subgroup_table_and_refuses_a_bad_min_cell(tmp_path):
+    out = tmp_path / "results.json"
+    common = ("simulate", "--dataset", "thyroid", "--rounds", "2", "--model", "logreg")
+    proc = cordiale(
+        *common,
+        "--no-pooled",
+        "--subgroup",
+        "sex",
+        "--subgroup",
+        "age:40,60",
+        "--min-cell",
+        "10",
+        "--out",
+        str(out),
+    )
+    bad = cordiale(*common, "--subgroup", "sex", "--min-cell", "2")
+
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(out.read_text())
+    assert list(result["subgroups"]["age"]) == ["<40", "40-60", ">=60"]
+    assert {"F", "M"} <= set(result["subgroups"]["sex"])
+    table = proc.stdout[proc.stdout.index("subgroups") :]
+    for value in ("<40", "40-60", ">=60", "F", "M", "suppressed"):
+        assert value in table
+    assert bad.returncode == 2 and "min_cell must be at least 5" in bad.stderr
+    assert "Traceback" not in bad.stderr
+
+
 def test_simulate_own_csv_with_site_column_and_no_pooled(tmp_path):
     frame = get_dataset("glaucoma").load()
     frame["hospital"] = (["oxford", "paris-cite", "pasteur"] * 200)[: len(frame)]

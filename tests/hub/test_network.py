@@ -389,3 +389,51 @@ def test_an_imaging_study_over_the_network_equals_its_simulation(tmp_path):
     assert set(status["history"][-1]["per_site_auc"]) == set(manifests)
     for name, value in reference.federated.weights.items():
         np.testing.assert_allclose(model[f"weights/{name}"], value, atol=1e-6, rtol=0)
+
+
+def test_subgroup_metrics_over_the_network_equal_the_simulation(consortium, tmp_path):
+    # Prepare: Age in bands and Pregnancies by value, cells of fewer than 5 suppressed
+    from typer.testing import CliRunner
+
+    from cordiale.cli.app import app
+
+    spec = study_spec(list(SITES), rounds=2)
+    spec["evaluation"] = {
+        "subgroups": ["Age", "Pregnancies"],
+        "bands": {"Age": [30, 40]},
+        "min_cell": 5,
+    }
+    creds = tmp_path / "alice.toml"
+    consortium.credentials["alice"].write(creds)
+
+    # Execute
+    status = consortium.run_study(spec)
+    reference = simulate(simulation_of(StudySpec.parse(spec)), sites=consortium.site_datasets(spec))
+    with consortium.client() as client:
+        results = client.results(status["id"])
+    auth = ["--credentials", str(creds)]
+    shown = CliRunner().invoke(app, ["study", "status", status["id"], *auth])
+    fetched = CliRunner().invoke(
+        app, ["study", "fetch", status["id"], "--out", str(tmp_path / "r"), *auth]
+    )
+
+    # Assert: the hub's results (from its database) equal the simulation's, in the same shape
+    assert status["state"] == "finished", status["error"]
+    sim = reference.to_json()
+    assert results["subgroups"]["Age"]  # some cells were reported ...
+    assert results["suppressed"]  # ... and some suppressed
+    assert results["suppressed"] == sim["suppressed"]
+    for net, ref in [
+        (results["subgroups"], sim["subgroups"]),
+        *((results["per_site"][s]["subgroups"], sim["per_site"][s]["subgroups"]) for s in SITES),
+    ]:
+        assert net.keys() == ref.keys()
+        for column, values in ref.items():
+            assert list(net[column]) == list(values)  # same cells, same order
+            for value, metrics in values.items():
+                assert net[column][value] == pytest.approx(metrics, abs=1e-9)
+    assert status["history"][-1]["subgroups"]["Age"].keys() == sim["subgroups"]["Age"].keys()
+    assert shown.exit_code == 0, shown.output
+    assert fetched.exit_code == 0, fetched.output
+    for out in (shown.output, fetched.output):
+        assert "subgroups" in out and "Age" in out and "suppressed" in out

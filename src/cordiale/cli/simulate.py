@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from cordiale.cli.subgroups import parse_subgroups, subgroup_table
 from cordiale.core.errors import ConfigError
 from cordiale.crypto.fixedpoint import DEFAULT_CLIP
 
@@ -90,6 +91,9 @@ def render_summary(console: Console, result: dict[str, Any]) -> None:
     ratio = result.get("auc_ratio_federated_to_pooled")
     if ratio is not None:
         console.print(f"federated AUC / pooled AUC = [bold]{ratio:.3f}[/]")
+    subgroups = subgroup_table(result.get("subgroups", {}), result.get("suppressed", {}))
+    if subgroups is not None:
+        console.print(subgroups)
     privacy = result.get("privacy")
     if privacy:
         spent = privacy["epsilon_spent"]
@@ -180,6 +184,20 @@ def simulate_command(
     dp_noise: Annotated[
         str, typer.Option(help="Client DP: noise added 'distributed' by the sites or 'central'.")
     ] = "distributed",
+    subgroup: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Evaluate per subgroup of a column, COL or COL:EDGE,EDGE,... (numeric bands, "
+            "e.g. Age:30,40,50); repeatable."
+        ),
+    ] = None,
+    min_cell: Annotated[
+        int,
+        typer.Option(
+            help="Subgroups: fewest test examples, positives and negatives a cell at one site "
+            "may have to be reported (at least 5)."
+        ),
+    ] = 10,
 ) -> None:
     """Run a federated study in one process on bundled data or your own table."""
     from cordiale.learn.dp import DPSettings
@@ -245,6 +263,7 @@ def simulate_command(
         pooled=pooled,
         secure_aggregation=secagg,
         dp=dp_settings,
+        subgroups=parse_subgroups(subgroup or [], min_cell),
     )
     console = Console()
     with Progress(

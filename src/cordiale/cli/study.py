@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -12,6 +13,7 @@ from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from cordiale.cli.subgroups import subgroup_table
 from cordiale.client import Credentials, ResearcherClient
 
 __all__ = ["follow", "study_app"]
@@ -126,6 +128,16 @@ def status_command(
     console.print(
         f"state: [bold]{status['state']}[/], rounds {status['rounds_done']}/{status['rounds']}"
     )
+    evaluated = [r for r in status["history"] if "subgroups" in r]
+    if evaluated:
+        last = evaluated[-1]
+        table = subgroup_table(
+            last["subgroups"],
+            last.get("suppressed", {}),
+            title=f"subgroups after round {last['round']} (all sites; small cells suppressed)",
+        )
+        if table is not None:
+            console.print(table)
     privacy = status.get("privacy")
     if privacy:
         s = privacy["settings"]
@@ -150,8 +162,13 @@ def fetch(
     """Download the global model (safetensors), metrics (JSON) and learning curve (PNG)."""
     with _client(credentials) as client:
         paths = client.fetch(study_id, out)
+    console = Console()
+    results = json.loads(paths["results"].read_text())
+    table = subgroup_table(results.get("subgroups", {}), results.get("suppressed", {}))
+    if table is not None:
+        console.print(table)
     for kind, path in paths.items():
-        Console().print(f"{kind}: {path}")
+        console.print(f"{kind}: {path}")
 
 
 @study_app.command("grant")

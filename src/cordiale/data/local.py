@@ -17,7 +17,7 @@ from cordiale.core.errors import ConfigError, ContractViolation
 from cordiale.data.contract import DataContract
 from cordiale.data.features import FeatureEncoder
 
-__all__ = ["LocalDataset", "SiteDataset", "build_site_dataset", "split_frame"]
+__all__ = ["LocalDataset", "SiteDataset", "build_site_dataset", "split_frame", "split_site"]
 
 
 class SiteDataset(Protocol):
@@ -29,6 +29,8 @@ class SiteDataset(Protocol):
     y_train: np.ndarray
     x_test: np.ndarray
     y_test: np.ndarray
+    #: column -> its values for each test example (subgroup evaluation); may be empty
+    subgroups_test: dict[str, np.ndarray]
 
     @property
     def num_train(self) -> int: ...
@@ -44,14 +46,50 @@ def split_frame(
     frame: pd.DataFrame, *, target: str, test_fraction: float, seed: int
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Seeded train/test split of a validated frame, stratified when every class has 2+ rows."""
+    train, test = _split_positions(frame[target], test_fraction=test_fraction, seed=seed)
+    return frame.iloc[train].reset_index(drop=True), frame.iloc[test].reset_index(drop=True)
+
+
+def _split_positions(
+    labels: pd.Series, *, test_fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Row positions of the training and test rows (what :func:`split_frame` takes)."""
     if not 0 < test_fraction < 1:
         raise ConfigError(f"test fraction must be in (0, 1); got {test_fraction}")
-    counts = frame[target].value_counts()
-    stratify = frame[target] if len(counts) > 1 and counts.min() >= 2 else None
+    counts = labels.value_counts()
+    stratify = labels if len(counts) > 1 and counts.min() >= 2 else None
     train, test = train_test_split(
-        frame, test_size=test_fraction, random_state=seed % 2**32, stratify=stratify
+        np.arange(len(labels)),
+        test_size=test_fraction,
+        random_state=seed % 2**32,
+        stratify=stratify,
     )
-    return train.reset_index(drop=True), test.reset_index(drop=True)
+    return train, test
+
+
+def split_site(
+    site: str,
+    contract: DataContract,
+    valid: pd.DataFrame,
+    raw: pd.DataFrame,
+    *,
+    test_fraction: float,
+    seed: int,
+) -> LocalDataset:
+    """Split a site's validated rows (seeded) and encode them, keeping the test rows' columns
+    for subgroup evaluation: the contract's fields as validated (missing codes are missing),
+    every other column of ``raw`` (the same rows, in the same order) as read."""
+    train, test = _split_positions(
+        valid[contract.target.name], test_fraction=test_fraction, seed=seed
+    )
+    raw_test = raw.reset_index(drop=True).iloc[test].reset_index(drop=True)
+    return LocalDataset.from_frames(
+        site,
+        contract,
+        valid.iloc[train].reset_index(drop=True),
+        valid.iloc[test].reset_index(drop=True),
+        raw_test=raw_test,
+    )
 
 
 @dataclass
@@ -65,16 +103,28 @@ class LocalDataset:
     x_test: np.ndarray
     y_test: np.ndarray
     feature_names: list[str] = field(default_factory=list)
+    #: column -> its values for each test row (subgroup evaluation; never leaves the site)
+    subgroups_test: dict[str, np.ndarray] = field(default_factory=dict)
 
     @classmethod
     def from_frames(
-        cls, name: str, contract: DataContract, train: pd.DataFrame, test: pd.DataFrame
+        cls,
+        name: str,
+        contract: DataContract,
+        train: pd.DataFrame,
+        test: pd.DataFrame,
+        *,
+        raw_test: pd.DataFrame | None = None,
     ) -> LocalDataset:
-        """Build from frames already validated by ``contract``."""
+        """Build from frames already validated by ``contract``; ``raw_test`` (the test rows as
+        read, every column) adds the columns outside the contract to ``subgroups_test``."""
         enc = FeatureEncoder(contract)
         x_tr, y_tr = enc.encode(train)
         x_te, y_te = enc.encode(test)
-        return cls(name, contract, x_tr, y_tr, x_te, y_te, enc.feature_names)
+        columns = {} if raw_test is None else {str(c): raw_test[c] for c in raw_test.columns}
+        columns.update({str(c): test[c] for c in test.columns})
+        groups = {c: v.to_numpy(dtype=object) for c, v in columns.items()}
+        return cls(name, contract, x_tr, y_tr, x_te, y_te, enc.feature_names, groups)
 
     @property
     def num_features(self) -> int:
@@ -113,7 +163,4 @@ def build_site_dataset(
     ]
     if problems:
         raise ContractViolation(site, problems)
-    train, test = split_frame(
-        valid, target=contract.target.name, test_fraction=test_fraction, seed=seed
-    )
-    return LocalDataset.from_frames(site, contract, train, test)
+    return split_site(site, contract, valid, frame, test_fraction=test_fraction, seed=seed)

@@ -58,6 +58,7 @@ _TABULAR = (
     "cordiale.learn.tasks",
     "cordiale.learn.dp",
     "cordiale.learn.secure_aggregation",
+    "cordiale.learn.subgroups",
     "cordiale.data.features",
     "cordiale.data.local",
 )

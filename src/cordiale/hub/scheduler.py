@@ -119,12 +119,7 @@ class StudyRunner(threading.Thread):
                     train_loss=record.train_loss if math.isfinite(record.train_loss) else None,
                     seconds=float(record.seconds),
                     evaluation=finite(
-                        None
-                        if record.evaluation is None
-                        else {
-                            "pooled": record.evaluation.pooled,
-                            "per_site": record.evaluation.per_site,
-                        }
+                        None if record.evaluation is None else record.evaluation.to_json()
                     ),
                     checkpoint=name,
                     privacy=dict(record.privacy) or None,

@@ -405,6 +405,7 @@ class Hub:
         with self.db.session() as s:
             row = self._own_study(s, owner, study_id)
             spec = StudySpec.parse(row.spec)
+            subgroups = spec.evaluation.subgroup_spec()
             last = s.scalars(
                 select(RoundRow)
                 .where(RoundRow.study_id == study_id, RoundRow.evaluation.is_not(None))
@@ -414,6 +415,7 @@ class Hub:
         evaluation = last.evaluation if last is not None else None
         examples = setup.get("node_examples", {})
         per_site = evaluation["per_site"] if evaluation else {}
+        site_subgroups = evaluation.get("per_site_subgroups", {}) if evaluation else {}
         return finite(
             {
                 "study": {"id": study_id, "name": spec.study.name, "state": status["state"]},
@@ -427,6 +429,7 @@ class Hub:
                     "seed": spec.study.seed,
                     "model": spec.model.model_dump(),
                     "train": spec.train.model_dump(),
+                    "subgroups": subgroups.to_json() if subgroups else None,
                 },
                 "federated": evaluation["pooled"] if evaluation else None,
                 "pooled": None,  # no site's rows are pooled on a network
@@ -436,9 +439,12 @@ class Hub:
                         "n_test": int(m["n"]) if (m := per_site.get(site)) else None,
                         "federated": per_site.get(site),
                         "pooled": None,
+                        "subgroups": site_subgroups.get(site, {}),
                     }
                     for site in spec.study.sites
                 },
+                "subgroups": evaluation.get("subgroups", {}) if evaluation else {},
+                "suppressed": evaluation.get("suppressed", {}) if evaluation else {},
                 "rounds": status["history"],
                 "privacy": status["privacy"],
             }

@@ -14,7 +14,9 @@ Stages of a study:
    send only masked updates and the hub learns only their weighted mean
    (:mod:`cordiale.learn.secure_aggregation`).
 3. ``evaluate``: every node scores its test rows and returns a score histogram; metrics per site
-   and pooled (the sum of the histograms) follow.
+   and pooled (the sum of the histograms) follow. With subgroups
+   (``FederationConfig.subgroups``) nodes also return a histogram per reportable subgroup cell,
+   small cells suppressed at the node (:mod:`cordiale.learn.subgroups`).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 import numpy as np
@@ -42,6 +44,7 @@ from cordiale.learn.secure_aggregation import (
     update_shapes,
 )
 from cordiale.learn.strategies import FitResult, Strategy
+from cordiale.learn.subgroups import SiteCells, SubgroupSpec, summarise
 from cordiale.learn.tasks import derive_seed
 from cordiale.learn.trainer import TrainConfig
 from cordiale.transport.base import Transport
@@ -69,6 +72,7 @@ class FederationConfig:
     plan: Plan | None = None  # a custom plan (None: the built-in tabular models or network)
     network: NetworkSpec | None = None  # a built-in imaging network (plan builtin:imaging)
     initial_weights: ArrayRecord | None = None  # built by the researcher for a custom plan
+    subgroups: SubgroupSpec | None = None  # per-subgroup evaluation, small cells suppressed
 
     def __post_init__(self) -> None:
         if self.rounds < 1:
@@ -81,23 +85,45 @@ class FederationConfig:
 
 @dataclass
 class EvaluationReport:
-    """Metrics of one model per site and pooled over every site's test rows."""
+    """Metrics of one model per site and pooled over every site's test rows; with subgroups,
+    metrics per column and value (pooled over the sites that reported the cell), the values
+    suppressed at one site or more, and per site where the site reported the cell."""
 
     pooled: dict[str, float]
     per_site: dict[str, dict[str, float]]
+    subgroups: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
+    suppressed: dict[str, list[str]] = field(default_factory=dict)
+    per_site_subgroups: dict[str, dict[str, dict[str, dict[str, float]]]] = field(
+        default_factory=dict
+    )
 
     @classmethod
-    def from_histograms(cls, hists: dict[str, ScoreHistogram]) -> EvaluationReport:
+    def from_histograms(
+        cls,
+        hists: dict[str, ScoreHistogram],
+        *,
+        subgroups: SubgroupSpec | None = None,
+        cells: dict[str, SiteCells] | None = None,
+    ) -> EvaluationReport:
         if not hists:
             raise ProtocolError("no site returned an evaluation")
         total = None
         for h in hists.values():
             total = h if total is None else total + h
         assert total is not None
-        return cls(
+        report = cls(
             pooled=compute_metrics(total),
             per_site={s: compute_metrics(h) for s, h in sorted(hists.items())},
         )
+        if subgroups is not None:
+            summary = summarise(subgroups, cells or {})
+            report.subgroups, report.suppressed = summary.subgroups, summary.suppressed
+            report.per_site_subgroups = summary.per_site
+        return report
+
+    def to_json(self) -> dict[str, Any]:
+        """As stored and sent (the hub's ``rounds.evaluation``); ``EvaluationReport(**json)``."""
+        return asdict(self)
 
 
 @dataclass
@@ -124,6 +150,12 @@ class RoundRecord:
         if self.evaluation is not None:
             out.update(self.evaluation.pooled)
             out["per_site_auc"] = {s: m["auc"] for s, m in self.evaluation.per_site.items()}
+            if self.evaluation.subgroups or self.evaluation.suppressed:
+                out["subgroups"] = {
+                    c: {v: {"auc": m["auc"], "n": m["n"]} for v, m in values.items()}
+                    for c, values in self.evaluation.subgroups.items()
+                }
+                out["suppressed"] = self.evaluation.suppressed
         if self.failures:
             out["failures"] = self.failures
         if self.privacy:
@@ -208,7 +240,7 @@ class Federation:
         for k, v in self.strategy.fit_config(server_round).items():
             cfg[k] = v
         cfg["local_layers"] = list(self.config.local_layers)
-        for k, v in self.config.task_context.items():
+        for k, v in self._context().items():
             cfg[k] = v
         for k, v in self._plan_config().items():  # nodes run only approved code
             cfg[k] = v
@@ -233,7 +265,7 @@ class Federation:
         nodes = self.transport.node_ids()
         if not nodes:
             raise ProtocolError("no nodes are connected")
-        context = ConfigRecord({**self.config.task_context, **self._plan_config()})
+        context = ConfigRecord({**self._context(), **self._plan_config()})
         ok, failures = self._exchange("stats", 0, {n: Content(config=context) for n in nodes})
         if failures:
             detail = "\n".join(f"  - {n}: {why}" for n, why in sorted(failures.items()))
@@ -369,11 +401,24 @@ class Federation:
         for n, cfg in configs.items():
             cfg["personalized"] = personalized
             contents[n] = Content(arrays=dict(arrays), config=cfg)
-        ok, _ = self._exchange("evaluate", server_round, contents)
+        ok, failures = self._exchange("evaluate", server_round, contents)
+        if not ok:
+            detail = "; ".join(f"{n}: {why}" for n, why in sorted(failures.items()))
+            raise ProtocolError(f"no site returned an evaluation ({detail})")
         hists = {
             n: ScoreHistogram.from_record(m.content.arrays["histogram"]) for n, m in ok.items()
         }
-        return EvaluationReport.from_histograms(hists)
+        subgroups = self.config.subgroups
+        cells = None
+        if subgroups is not None:
+            cells = {n: SiteCells.from_reply(m.content, subgroups) for n, m in ok.items()}
+        return EvaluationReport.from_histograms(hists, subgroups=subgroups, cells=cells)
+
+    def _context(self) -> dict[str, str | float | int]:
+        """What every task tells a node: the study's data settings and its subgroups."""
+        subgroups = self.config.subgroups
+        extra = subgroups.to_config() if subgroups is not None else {}
+        return {**self.config.task_context, **extra}
 
     def _plan_config(self) -> dict[str, str]:
         """Which code the nodes must run: the custom plan (with its source) or the built-in."""

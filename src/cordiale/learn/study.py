@@ -44,6 +44,7 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 from safetensors import SafetensorError
 from safetensors.numpy import load as st_load
@@ -64,6 +65,7 @@ from cordiale.learn.imaging_plans import NETWORKS, NetworkSpec, batchnorm_prefix
 from cordiale.learn.models import ModelSpec, TabularNet, build_with, get_weights
 from cordiale.learn.secure_aggregation import SecureAggregationConfig
 from cordiale.learn.strategies import Strategy, make_strategy
+from cordiale.learn.subgroups import DEFAULT_MIN_CELL, SubgroupSpec
 from cordiale.learn.trainer import TrainConfig
 
 __all__ = ["StudySpec", "task_context"]
@@ -155,6 +157,24 @@ class StrategySection(BaseModel):
 
 class EvaluationSection(_Section):
     every: int = Field(default=1, ge=0)
+    # per-subgroup metrics: columns of the sites' data; numeric ones cut at ``bands`` edges
+    subgroups: list[str] = Field(default_factory=list)
+    bands: dict[str, list[float]] = Field(default_factory=dict)
+    # smallest test examples, positives and negatives a cell at one site may have to be reported
+    min_cell: int = DEFAULT_MIN_CELL  # at least MIN_CELL_FLOOR (checked by SubgroupSpec)
+
+    @model_validator(mode="after")
+    def _subgroups(self) -> EvaluationSection:
+        try:  # SubgroupSpec is the one place subgroup settings are validated
+            SubgroupSpec(tuple(self.subgroups), self.bands, self.min_cell)
+        except ConfigError as e:
+            raise ValueError(str(e)) from None
+        return self
+
+    def subgroup_spec(self) -> SubgroupSpec | None:
+        if not self.subgroups:
+            return None
+        return SubgroupSpec(tuple(self.subgroups), self.bands, self.min_cell)
 
 
 class PrivacySection(_Section):
@@ -233,6 +253,7 @@ class StudySpec(_Section):
                 f"{'an imaging' if imaging else 'a tabular'} contract"
             )
         problems += self._imaging_problems()
+        problems += self._subgroup_problems()
         if self.study.min_sites > len(self.study.sites):
             problems.append(
                 f"study.min_sites is {self.study.min_sites} but only "
@@ -313,6 +334,27 @@ class StudySpec(_Section):
             )
         return problems
 
+    def _subgroup_problems(self) -> list[str]:
+        """Bands against the contract's field types: a float field needs bands, a category or
+        boolean field cannot have them (columns outside the contract are checked by the sites)."""
+        e, contract = self.evaluation, self.data.contract
+        if not isinstance(contract, DataContract):
+            return []
+        types = {f.name: f.type for f in contract.fields}
+        problems = [
+            f"evaluation.subgroups: {c!r} is a float field of the contract; give its bands "
+            f"(evaluation.bands = {{ {c} = [...] }})"
+            for c in e.subgroups
+            if types.get(c) == "float" and c not in e.bands
+        ]
+        problems += [
+            f"evaluation.bands.{c}: {c!r} is a {types[c]} field of the contract; bands are for "
+            "numeric columns"
+            for c in e.bands
+            if types.get(c) in ("category", "bool")
+        ]
+        return problems
+
     def network_spec(self) -> NetworkSpec | None:
         """The built-in imaging network the study names (spatial dimensions from the contract)."""
         m, contract = self.model, self.data.contract
@@ -350,6 +392,7 @@ class StudySpec(_Section):
             plan=self.custom_plan(),
             network=self.network_spec(),
             initial_weights=self._initial_weights(),
+            subgroups=self.evaluation.subgroup_spec(),
         )
 
     def _num_features(self) -> int:

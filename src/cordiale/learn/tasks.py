@@ -35,6 +35,7 @@ from cordiale.learn.models import (
     keep_state,
     set_weights,
 )
+from cordiale.learn.subgroups import SubgroupSpec, subgroup_reply
 from cordiale.learn.trainer import TrainConfig, TrainOutcome, predict_proba, train_local
 
 if TYPE_CHECKING:
@@ -161,7 +162,13 @@ def _model(
 
 
 def run_stats(ds: SiteDataset, content: Content) -> Content:
-    """Per-feature count/sum/sum-of-squares of the training rows, for federated scaling."""
+    """Per-feature count/sum/sum-of-squares of the training rows, for federated scaling.
+
+    A study's subgroup columns are checked here, at set-up: a site whose data lacks one refuses
+    the study before any training."""
+    subgroups = SubgroupSpec.from_config(content.config)
+    if subgroups is not None:
+        subgroups.check_columns(ds.subgroups_test)
     return Content(
         arrays={"stats": feature_stats(ds.x_train)},
         metrics=MetricRecord({"num_train": ds.num_train, "num_test": ds.num_test}),
@@ -233,7 +240,8 @@ def _augmenter(cfg: ConfigRecord) -> Augmenter | None:
 
 
 def run_evaluate(ds: SiteDataset, content: Content, state: NodeState, study: str) -> Content:
-    """Score the test rows; reply with a score histogram (never the scores).
+    """Score the test rows; reply with a score histogram (never the scores), and one per
+    subgroup cell the study asks for, small cells suppressed (:mod:`cordiale.learn.subgroups`).
 
     For a patch dataset the scores are per volume: the mean probability of its patches.
     """
@@ -243,6 +251,9 @@ def run_evaluate(ds: SiteDataset, content: Content, state: NodeState, study: str
     if isinstance(ds, PatchDataset):
         probs, labels = ds.volume_scores(probs)
     hist = ScoreHistogram.from_scores(probs, labels)
+    cells, config = subgroup_reply(content.config, ds.subgroups_test, probs, labels)
     return Content(
-        arrays={"histogram": hist.to_record()}, metrics=MetricRecord({"num_examples": ds.num_test})
+        arrays={"histogram": hist.to_record(), **cells},
+        metrics=MetricRecord({"num_examples": ds.num_test}),
+        config=config,
     )

@@ -26,7 +26,7 @@ from cordiale.core.errors import ConfigError, ContractViolation
 from cordiale.core.jsonsafe import finite
 from cordiale.data.catalog import get_dataset
 from cordiale.data.contract import DataContract, infer_contract
-from cordiale.data.local import LocalDataset, split_frame
+from cordiale.data.local import LocalDataset, split_site
 from cordiale.data.partition import PartitionSpec, partition_indices
 from cordiale.data.tabular import read_table
 from cordiale.governance.plans import Plan, own_plan_builder
@@ -43,6 +43,7 @@ from cordiale.learn.models import ModelSpec
 from cordiale.learn.secure_aggregation import SecureAggregationConfig
 from cordiale.learn.strategies import make_strategy
 from cordiale.learn.study import StudySpec
+from cordiale.learn.subgroups import SubgroupSpec
 from cordiale.learn.tasks import derive_seed
 from cordiale.learn.trainer import TrainConfig
 from cordiale.node.runtime import NodeRuntime
@@ -127,6 +128,7 @@ class SimulationSpec:
     network: NetworkSpec | None = None  # a built-in imaging network (plan builtin:imaging)
     # what every task tells a node about its data (a study's transforms, patches)
     task_context: dict[str, str | float | int] = field(default_factory=dict)
+    subgroups: SubgroupSpec | None = None  # per-subgroup evaluation, small cells suppressed
 
 
 @dataclass
@@ -150,6 +152,7 @@ class SimulationResult:
                 "n_test": n_te,
                 "federated": fed.per_site.get(s),
                 "pooled": pooled.per_site.get(s) if pooled else None,
+                "subgroups": fed.per_site_subgroups.get(s, {}),
             }
             for s, (n_tr, n_te) in self.site_sizes.items()
         }
@@ -180,11 +183,14 @@ class SimulationResult:
                     spec.secure_aggregation.to_json() if spec.secure_aggregation else None
                 ),
                 "dp": spec.dp.to_json() if spec.dp else None,
+                "subgroups": spec.subgroups.to_json() if spec.subgroups else None,
             },
             "federated": fed.pooled,
             "pooled": pooled.pooled if pooled else None,
             "auc_ratio_federated_to_pooled": ratio,
             "per_site": per_site,
+            "subgroups": fed.subgroups,
+            "suppressed": fed.suppressed,
             "rounds": [r.to_json() for r in self.federated.history],
             "pooled_rounds": [r.to_json() for r in self.pooled.history] if self.pooled else [],
             "timing": {"wall_seconds": self.wall_seconds, "bytes_on_wire": self.bytes_on_wire},
@@ -208,6 +214,13 @@ def prepare_sites(spec: SimulationSpec) -> tuple[str, dict[str, LocalDataset]]:
     partition = PartitionSpec.parse(spec.partition or ("natural" if site_column else "iid"))
     if partition.kind == "natural" and site_column is None:
         raise ConfigError("partition 'natural' needs a site column (--site-column)")
+    if spec.subgroups is not None:
+        lacking = [c for c in spec.subgroups.columns if c not in raw.columns]
+        if lacking:
+            raise ConfigError(
+                f"subgroup column(s) {', '.join(map(repr, lacking))} not in {name}; its columns: "
+                + ", ".join(map(str, raw.columns))
+            )
     frame = contract.validate_frame(raw, dataset=name)
     labels = frame[contract.target.name].to_numpy()
     site_values = None
@@ -238,14 +251,16 @@ def prepare_sites(spec: SimulationSpec) -> tuple[str, dict[str, LocalDataset]]:
     if problems:
         raise ContractViolation(f"{name} split into {len(parts)} sites", problems)
     sites = {}
+    raw = raw.reset_index(drop=True)
     for site, idx in parts.items():
-        train, test = split_frame(
+        sites[site] = split_site(
+            site,
+            contract,
             frame.iloc[idx],
-            target=contract.target.name,
+            raw.iloc[idx],
             test_fraction=spec.test_fraction,
             seed=derive_seed(spec.seed, "split", site),
         )
-        sites[site] = LocalDataset.from_frames(site, contract, train, test)
     return name, sites
 
 
@@ -303,6 +318,7 @@ def simulate(
         plan=spec.plan,
         network=spec.network,
         task_context=spec.task_context,
+        subgroups=spec.subgroups,
     )
     # a custom plan runs from the researcher's own approved copy, as nodes run theirs
     plans = {spec.plan.sha256: own_plan_builder(spec.plan)} if spec.plan else {}
@@ -331,6 +347,7 @@ def simulate(
                         "scaling": "federated",
                         "secure_aggregation": None,  # one site: nothing to hide it among
                         "dp": None,  # the baseline is the non-private upper bound
+                        "subgroups": None,  # one site; its subgroups are evaluated on the sites
                     }
                 ),
                 make_strategy("fedavg"),
@@ -380,4 +397,5 @@ def simulation_of(study: StudySpec) -> SimulationSpec:
         plan=config.plan,
         network=config.network,
         task_context=config.task_context,
+        subgroups=config.subgroups,
     )

@@ -22,7 +22,7 @@ Evaluation scores every test patch and averages the probabilities of each volume
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -78,6 +78,8 @@ class PatchDataset:
     volume_labels: np.ndarray
     patients_train: np.ndarray
     patients_test: np.ndarray
+    #: subgroup column -> its values (text) for each test volume, in ``volume_labels`` order
+    subgroups_test: dict[str, np.ndarray] = field(default_factory=dict)
 
     @classmethod
     def from_manifest(
@@ -119,6 +121,10 @@ class PatchDataset:
             volume_labels=labels[test],
             patients_train=patients[train],
             patients_test=patients[test],
+            subgroups_test={
+                c: np.asarray([records[i].subgroups.get(c, "") for i in test], dtype=object)
+                for c in manifest.subgroup_columns
+            },
         )
 
     def volume_scores(self, patch_probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
