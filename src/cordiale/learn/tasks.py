@@ -52,6 +52,16 @@ __all__ = [
 
 
 MODELS_KEPT = 8  # built models a node keeps between tasks (a few studies at a time)
+#: the task configuration that decides which model a node builds
+_MODEL_KEYS = (
+    "plan.sha256",  # a custom plan's source is named by its hash
+    "model.kind",
+    "model.hidden",
+    "model.batchnorm",
+    "model.network",
+    "model.spatial_dims",
+    "model.network_params",
+)
 SCALED_KEPT_BYTES = 64 * 1024 * 1024  # largest training matrix whose scaled copy is kept
 
 
@@ -116,6 +126,11 @@ def _build(ds: SiteDataset, cfg: ConfigRecord, state: NodeState, study: str) -> 
     """A fresh model, or the one this node built for the study before: every value in it is
     overwritten by the task's weights, so only models with local layers (whose first values come
     from the seeded initialisation) are always built anew."""
+    reuse = not cfg.get_str_list("local_layers")
+    # what the model is made of, as the task says it (parsed below only when it is new here)
+    made_of = repr([cfg.get(k) for k in _MODEL_KEYS])
+    if reuse and (kept := state.models.get((study, made_of, ds.num_features))) is not None:
+        return kept
     builder: Callable[[int], Any]
     if cfg.get_str("plan.source", ""):  # a custom plan: built only by the approved, imported copy
         sha = cfg.get_str("plan.sha256", "")
@@ -128,15 +143,11 @@ def _build(ds: SiteDataset, cfg: ConfigRecord, state: NodeState, study: str) -> 
     else:
         spec = ModelSpec.from_config(cfg)
         builder, what = functools.partial(TabularNet, spec), repr(spec)
-    reuse = not cfg.get_str_list("local_layers")
-    key = (study, what, ds.num_features)
-    model = state.models.get(key) if reuse else None
-    if model is None:
-        model = build_with(builder, ds.num_features, seed=cfg.get_int("seed", 0))
-        if reuse:
-            state.keep_model(key, model)
-            if what != cfg.get_str("plan.sha256", ""):  # built-in: tensors only change in place
-                keep_state(model)
+    model = build_with(builder, ds.num_features, seed=cfg.get_int("seed", 0))
+    if reuse:
+        state.keep_model((study, made_of, ds.num_features), model)
+        if what != cfg.get_str("plan.sha256", ""):  # built-in: tensors only change in place
+            keep_state(model)
     return model
 
 
@@ -233,7 +244,8 @@ def run_train(ds: SiteDataset, content: Content, state: NodeState, study: str) -
 
 def _augmenter(cfg: ConfigRecord) -> Augmenter | None:
     """The study's training augmentation, seeded from the task's seed (None without one)."""
-    specs = transforms_from_json(cfg.get_str("data.augment", ""), "augment")
+    text = cfg.get_str("data.augment", "")
+    specs = transforms_from_json(text, "augment") if text else []
     if not specs:
         return None
     return Augmenter(specs, seed=derive_seed(cfg.get_int("seed", 0), "augment"))
