@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import stat
 
 import tomli_w
@@ -93,6 +94,12 @@ def test_demo_runs_a_consortium_end_to_end(tmp_path):
     assert "identical" in proc.stdout  # networked model == one-process simulation
     assert "all sites" in proc.stdout and "hub and nodes stopped" in proc.stdout
     assert (tmp_path / "results" / "model.safetensors").is_file()
+    results = json.loads((tmp_path / "results" / "results.json").read_text())
+    assert set(results["subgroups"].get("Age", {})) | set(results["suppressed"].get("Age", [])) == {
+        "<35",
+        ">=35",
+    }  # the age bands, each reported or held back
+    assert "subgroups" in proc.stdout
     for site in SITES:  # each node read only its own file
         assert (tmp_path / "sites" / site / "data.csv").is_file()
         assert "connected" in (tmp_path / "logs" / f"{site}.log").read_text()
