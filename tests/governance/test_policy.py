@@ -18,6 +18,7 @@ POLICY = SitePolicy(
     require_dp=True,
     max_epsilon=8.0,
     allow_analytics=False,
+    min_cell=20,
 )
 OK = TaskFacts(
     stage="secagg",
@@ -28,6 +29,7 @@ OK = TaskFacts(
     secure_aggregation=True,
     dp="client",
     planned_epsilon=4.0,
+    min_cell=20,
 )
 
 # (rule, a task that breaks only that rule)
@@ -43,6 +45,7 @@ BREAKS = [
     ("require_dp", replace(OK, dp=None, planned_epsilon=None)),
     ("max_epsilon", replace(OK, planned_epsilon=8.5)),
     ("allow_analytics", replace(OK, stage="analytics")),
+    ("min_cell", replace(OK, min_cell=10)),
 ]
 
 
@@ -84,13 +87,38 @@ def test_every_broken_rule_is_listed_at_once():
     ]
 
 
+def test_a_study_without_subgroups_meets_any_min_cell():
+    assert POLICY.violations(replace(OK, min_cell=None)) == []
+
+
+def test_a_node_refuses_a_study_whose_subgroup_cells_are_smaller_than_its_policy(pima_sites):
+    """Checked by the node at set-up, before any work: the study never starts there."""
+    from cordiale.core.messages import Content, Envelope, Message
+    from cordiale.core.records import ConfigRecord
+    from cordiale.learn.subgroups import SubgroupSpec
+    from cordiale.node.runtime import NodeRuntime
+
+    node = NodeRuntime("site-0", pima_sites["site-0"], policy=SitePolicy(min_cell=20))
+    for min_cell, refused in ((10, True), (20, False)):
+        spec = SubgroupSpec(("Age",), {"Age": [35.0]}, min_cell)
+        task = Message(
+            Envelope(study_id="s", round=0, stage="stats", sender="hub", recipient="site-0"),
+            Content(config=ConfigRecord(spec.to_config())),
+        )
+        error = node.handle(task).content.error
+        if refused:
+            assert error is not None and "min_cell" in error.message and "20" in error.message
+        else:
+            assert error is None
+
+
 def test_policy_files_are_validated(tmp_path):
     good = tmp_path / "policy.toml"
     good.write_text('[policy]\njurisdictions = ["GB"]\nmin_cohort = 10\n')
     assert SitePolicy.load(good).jurisdictions == ["GB"]
     bad = tmp_path / "bad.toml"
-    bad.write_text('[policy]\njurisdiction = ["GB"]\nmin_cohort = -1\n')
-    with pytest.raises(ConfigError, match=r"min_cohort.*jurisdiction: Extra inputs"):
+    bad.write_text('[policy]\njurisdiction = ["GB"]\nmin_cohort = -1\nmin_cell = 3\n')
+    with pytest.raises(ConfigError, match=r"min_cohort.*min_cell.*jurisdiction: Extra inputs"):
         SitePolicy.load(bad)
     with pytest.raises(ConfigError, match="does not exist"):
         SitePolicy.load(tmp_path / "missing.toml")

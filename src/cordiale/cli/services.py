@@ -191,6 +191,7 @@ def node_policy(
         planned_epsilon=(
             release_epsilon(cfg, spec.study.rounds, num_examples=dataset.num_train) if dp else None
         ),
+        min_cell=spec.evaluation.min_cell if spec.evaluation.subgroups else None,
     )
     problems = policy.violations(facts)
     if not problems:

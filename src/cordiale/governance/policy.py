@@ -45,6 +45,7 @@ class TaskFacts:
     secure_aggregation: bool
     dp: str | None  # "client", "sample" or None
     planned_epsilon: float | None  # what the whole study would spend here (None without DP)
+    min_cell: int | None = None  # the smallest subgroup cell it would report (None: no subgroups)
 
 
 class SitePolicy(BaseModel):
@@ -58,6 +59,8 @@ class SitePolicy(BaseModel):
     require_dp: bool = False
     max_epsilon: float | None = Field(default=None, gt=0)
     allow_analytics: bool = True
+    #: the smallest subgroup cell (examples, and positives and negatives) this site reports
+    min_cell: int | None = Field(default=None, ge=5)
 
     @classmethod
     def load(cls, path: str | Path) -> SitePolicy:
@@ -89,6 +92,11 @@ class SitePolicy(BaseModel):
         if t.cohort < self.min_cohort:
             out.append(
                 f"min_cohort: the task would use {t.cohort} rows, at least {self.min_cohort}"
+            )
+        if self.min_cell is not None and t.min_cell is not None and t.min_cell < self.min_cell:
+            out.append(
+                f"min_cell: the study reports subgroup cells of {t.min_cell} examples, "
+                f"this site at least {self.min_cell}"
             )
         if t.stage == "analytics" and not self.allow_analytics:
             out.append("allow_analytics: federated analytics are not allowed on this node")

@@ -22,6 +22,7 @@ from cordiale.governance.policy import SitePolicy, TaskFacts
 from cordiale.learn.dp import release_epsilon
 from cordiale.learn.secagg_wire import STEPS, step_of
 from cordiale.learn.secure_aggregation import run_secagg
+from cordiale.learn.subgroups import SubgroupSpec
 from cordiale.learn.tasks import NodeState, run_evaluate, run_stats, run_train
 from cordiale.node.privacy import PrivacyKeeper
 
@@ -160,6 +161,7 @@ def _facts(message: Message, dataset: SiteDataset, hub_country: str | None) -> T
     if dp is not None:
         rounds = cfg.get_int("dp.rounds", 1)
         planned = release_epsilon(cfg, rounds, num_examples=dataset.num_train)
+    subgroups = SubgroupSpec.from_config(cfg)
     return TaskFacts(
         stage=message.envelope.stage,
         category=cfg.get_str("study.category", "research"),
@@ -169,4 +171,5 @@ def _facts(message: Message, dataset: SiteDataset, hub_country: str | None) -> T
         secure_aggregation=message.envelope.stage == "secagg",
         dp=dp,
         planned_epsilon=planned,
+        min_cell=None if subgroups is None else subgroups.min_cell,
     )
