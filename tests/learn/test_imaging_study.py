@@ -67,3 +67,26 @@ def test_a_cnn_plan_learns_to_detect_lesions_across_shifted_sites(manifests, loc
         for name, value in result.federated.weights.items():
             if name.startswith("bn") and np.issubdtype(value.dtype, np.floating):
                 np.testing.assert_array_equal(value, fresh[name])
+
+
+def test_subgroups_come_from_the_manifest_columns(tmp_path):
+    """An imaging study evaluated per scanner (a manifest column): each site has one scanner, so
+    a scanner's cell is that site's whole test set and its metrics are the site's."""
+    manifests = generate(tmp_path, fmt="nifti", patients=24, images_per_patient=2, shape=(32, 32))
+    raw = imaging_spec(sorted(manifests), [], rounds=2)
+    raw["data"]["test_fraction"] = 0.5
+    raw["evaluation"] = {"subgroups": ["scanner"], "min_cell": 5}
+    spec = StudySpec.parse(raw)
+    sites = site_datasets(spec, manifests)
+
+    result = simulate(replace(simulation_of(spec), pooled=False), sites=sites).to_json()
+
+    scanners = {str(ds.subgroups_test["scanner"][0]): s for s, ds in sites.items()}
+    assert set(result["subgroups"]["scanner"]) | set(result["suppressed"].get("scanner", [])) == (
+        set(scanners)
+    )
+    assert result["subgroups"]["scanner"], "no scanner cell was large enough to report"
+    for scanner, metrics in result["subgroups"]["scanner"].items():
+        site = result["per_site"][scanners[scanner]]
+        assert metrics["n"] == site["n_test"]
+        assert metrics["auc"] == pytest.approx(site["federated"]["auc"], abs=1e-12)
