@@ -281,9 +281,9 @@ def start_watchdog(seconds: float, info: dict[str, Any], stdout_fd: int) -> None
     timer.start()
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    """Command-line options."""
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def arg_parser(description: str | None = None) -> argparse.ArgumentParser:
+    """Command-line options shared by the Flower benchmarks (a parser, to extend)."""
+    p = argparse.ArgumentParser(description=description or __doc__.splitlines()[0])
     p.add_argument("--sites", type=int, default=4, help="virtual sites (SuperNodes)")
     p.add_argument("--rounds", type=int, default=10, help="FedAvg rounds")
     p.add_argument(
@@ -292,29 +292,29 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--timeout", type=float, default=900.0, help="overall limit in seconds (watchdog)"
     )
-    return p.parse_args(argv)
+    return p
 
 
-def main(argv: list[str] | None = None, t0: float = T0) -> int:
-    """Run the simulation and print one JSON line (``t0``: when the script started)."""
-    args = parse_args(argv)
+def check_args(args: argparse.Namespace) -> None:
+    """Refuse runs that cannot be timed."""
     if args.sites < 2 or args.rounds < 1:
         raise SystemExit("need --sites >= 2 and --rounds >= 1")
-    torch.set_num_threads(1)
-    info: dict[str, Any] = {
-        "flwr_version": flwr.__version__,
-        "sites": args.sites,
-        "rounds": args.rounds,
-    }
 
-    # Flower and Ray (including actor output forwarded to the driver) write to fd 1; send it
-    # all to stderr so that stdout carries only the JSON line.
+
+def run_bounded(
+    server_app: ServerApp, client_app: ClientApp, args: argparse.Namespace, info: dict[str, Any]
+) -> dict[str, Any]:
+    """``run_simulation`` on Ray with the watchdog armed; returns the backend config.
+
+    Flower and Ray (including actor output forwarded to the driver) write to fd 1; it all goes
+    to stderr so that stdout carries only the JSON line. If the watchdog fires it prints
+    ``info`` with ``"error"`` and ends the process tree.
+    """
+    torch.set_num_threads(1)
     sys.stdout.flush()
     real_stdout = os.dup(1)
     os.dup2(2, 1)
     start_watchdog(args.timeout, info, real_stdout)
-
-    sink: dict[str, Any] = {}
     backend_config = {
         "client_resources": {"num_cpus": args.cpus_per_client, "num_gpus": 0.0},
         "init_args": {
@@ -326,7 +326,7 @@ def main(argv: list[str] | None = None, t0: float = T0) -> int:
     }
     try:
         run_simulation(
-            server_app=make_server_app(args.sites, args.rounds, args.timeout, sink),
+            server_app=server_app,
             client_app=client_app,
             num_supernodes=args.sites,
             backend_name="ray",
@@ -335,7 +335,38 @@ def main(argv: list[str] | None = None, t0: float = T0) -> int:
     finally:
         sys.stdout.flush()
         os.dup2(real_stdout, 1)
-    wall = time.perf_counter() - t0
+    return backend_config
+
+
+def round_timing(
+    starts: dict[int, float], ends: dict[int, float], rounds: int, t0: float
+) -> dict[str, Any]:
+    """Seconds per steady-state round and the start-up figures (see the module docstring)."""
+    r = rounds
+    per_round = (ends[r] - ends[1]) / (r - 1) if r > 1 else ends[1] - starts[1]
+    return {
+        "seconds_per_round": round(per_round, 6),
+        "wall_seconds": round(time.perf_counter() - t0, 3),
+        "setup_seconds": round(ends[1] - per_round - t0, 3),
+        "seconds_to_first_round": round(starts[1] - t0, 3),
+        "first_round_seconds": round(ends[1] - starts[1], 6),
+        "round_seconds": [round(ends[i] - starts[i], 6) for i in range(1, r + 1)],
+    }
+
+
+def main(argv: list[str] | None = None, t0: float = T0) -> int:
+    """Run the simulation and print one JSON line (``t0``: when the script started)."""
+    args = arg_parser().parse_args(argv)
+    check_args(args)
+    info: dict[str, Any] = {
+        "flwr_version": flwr.__version__,
+        "sites": args.sites,
+        "rounds": args.rounds,
+    }
+    sink: dict[str, Any] = {}
+    backend_config = run_bounded(
+        make_server_app(args.sites, args.rounds, args.timeout, sink), client_app, args, info
+    )
 
     strategy: TimedFedAvg | None = sink.get("strategy")
     if strategy is None or len(strategy.round_end) < args.rounds:
@@ -343,18 +374,11 @@ def main(argv: list[str] | None = None, t0: float = T0) -> int:
         info["error"] = f"only {done} of {args.rounds} rounds completed"
         print(json.dumps(info), flush=True)
         return 2
-    starts, ends = strategy.round_start, strategy.round_end
     r = args.rounds
-    per_round = (ends[r] - ends[1]) / (r - 1) if r > 1 else ends[1] - starts[1]
     losses = sink["result"].train_metrics_clientapp
+    info.update(round_timing(strategy.round_start, strategy.round_end, r, t0))
     info.update(
         {
-            "seconds_per_round": round(per_round, 6),
-            "wall_seconds": round(wall, 3),
-            "setup_seconds": round(ends[1] - per_round - t0, 3),
-            "seconds_to_first_round": round(starts[1] - t0, 3),
-            "first_round_seconds": round(ends[1] - starts[1], 6),
-            "round_seconds": [round(ends[i] - starts[i], 6) for i in range(1, r + 1)],
             "replies_per_round": min(strategy.replies.values()),
             "failed_replies": sum(strategy.failures.values()),
             "final_train_loss": float(losses[r]["train_loss"]) if r in losses else None,

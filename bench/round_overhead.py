@@ -120,25 +120,29 @@ def cordiale_run(
     )
 
 
-def flower_run(n: int, rounds: int) -> dict[str, float] | None:
+def flower_run(
+    n: int,
+    rounds: int,
+    script: str = "flower_round.py",
+    extra: tuple[str, ...] = (),
+    timeout: float = 900.0,
+) -> dict[str, float] | None:
+    """Run a Flower benchmark ``script`` (in ``bench/``) in ``.venv-flower``; its JSON line, or
+    None (no Flower, or the run failed). ``timeout`` is the script's own watchdog; the child is
+    killed a minute after it if it has not ended by then."""
     if not FLOWER_PY.exists():
         return None
-    proc = subprocess.run(
-        [
-            str(FLOWER_PY),
-            str(ROOT / "bench" / "flower_round.py"),
-            "--sites",
-            str(n),
-            "--rounds",
-            str(rounds),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=1800,
-    )
+    cmd = [str(FLOWER_PY), str(ROOT / "bench" / script), "--sites", str(n), "--rounds", str(rounds)]
+    cmd += ["--timeout", str(timeout), *extra]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout + 60)
+    except subprocess.TimeoutExpired:
+        Console(stderr=True).print(f"Flower run killed after {timeout + 60:.0f} s: {cmd[2:]}")
+        return None
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     if proc.returncode != 0 or not lines:
-        Console(stderr=True).print(f"Flower run failed (N={n}): {proc.stderr[-800:]}")
+        tail = (lines[-1] if lines else "") + proc.stderr[-800:]
+        Console(stderr=True).print(f"Flower run failed ({' '.join(cmd[2:])}): {tail}")
         return None
     return json.loads(lines[-1])
 

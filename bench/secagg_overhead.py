@@ -1,10 +1,18 @@
 """Per-round cost of secure aggregation, against the plaintext round measured in the same run.
 
     .venv/bin/python bench/secagg_overhead.py [--rounds 5] [--sites 4 20 100] [--neighbours 10]
+        [--flower-sites 4 100] [--flower-rounds 5] [--no-flower]
 
 1. Pima MLP 8-32-1 studies (1 local epoch, batch 32, SGD lr 0.05, IID sites, FedAvg), median
    seconds per round with and without ``secure_aggregation``; at N >= 50 also SecAgg+ with
    ``--neighbours`` neighbours. Every message is encoded and decoded (in-memory transport).
+   Where ``.venv-flower`` holds Flower, next to Cordiale's rows at ``--flower-sites``: Flower's
+   own SecAgg+ on the same task (``bench/flower_secagg.py``: Flower 1.41's legacy
+   ``DefaultWorkflow`` with ``SecAggPlusWorkflow`` and ``secaggplus_mod``, on its Ray
+   simulation) against the same Flower workflow without it, seconds per round with round 1
+   left out; all sites share keys below 50 sites (as Cordiale's complete graph), and at
+   N >= 50 each site's secrets go to ``--neighbours`` neighbours (``num_shares`` = k + 1).
+   Threshold: a strict majority of the shares in both. Each Flower run is bounded by a watchdog.
 2. The protocol alone for 10 sites and a 1M-element vector (``run_secagg_round``) against the
    plaintext weighted sum of the same vectors.
 
@@ -22,7 +30,9 @@ from rich.table import Table
 
 from cordiale.crypto import run_secagg_round
 from cordiale.learn.secure_aggregation import SecureAggregationConfig
-from round_overhead import cordiale_run, pima_sites, wide_console
+from round_overhead import FLOWER_PY, cordiale_run, flower_run, pima_sites, wide_console
+
+FLOWER_TIMEOUT = 240.0  # seconds, each Flower run (its watchdog)
 
 
 def per_round(
@@ -31,6 +41,23 @@ def per_round(
     """Median seconds per round in this one process, and had the sites worked concurrently."""
     one_process, concurrent, _ = cordiale_run(sites, rounds, 0, secagg)
     return one_process, concurrent
+
+
+def flower_secagg(n: int, rounds: int, neighbours: int) -> tuple[list[str], str]:
+    """A table row: Flower's seconds per round without and with its SecAgg+ ("-" if a run
+    failed; the reason is on stderr), and Flower's version."""
+    shares = n if n < 50 else min(neighbours + 1, n)
+    threshold = shares // 2 + 1
+    extra = ("--secagg", "--num-shares", str(shares), "--threshold", str(threshold))
+    plain = flower_run(n, rounds, "flower_secagg.py", (), FLOWER_TIMEOUT)
+    secure = flower_run(n, rounds, "flower_secagg.py", extra, FLOWER_TIMEOUT)
+    mode = "Flower complete graph" if shares == n else f"Flower SecAgg+ k={shares - 1}"
+    row = [str(n), mode]
+    p = plain["seconds_per_round"] if plain else None
+    s = secure["seconds_per_round"] if secure else None
+    row += [f"{p:.3f}" if p else "-", f"{s:.3f}" if s else "-"]
+    row += [f"{s / p:.2f}x" if p and s else "-", "-", "-", "-"]
+    return row, (plain or secure or {}).get("flwr_version", "?")
 
 
 def big_vector(n_sites: int, length: int, seed: int = 0) -> tuple[float, float]:
@@ -49,7 +76,12 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--sites", type=int, nargs="+", default=[4, 20, 100])
     ap.add_argument("--neighbours", type=int, default=10)
+    ap.add_argument("--flower-sites", type=int, nargs="*", default=[4, 100])
+    ap.add_argument("--flower-rounds", type=int, default=5)
+    ap.add_argument("--no-flower", action="store_true")
     args = ap.parse_args()
+    flower = FLOWER_PY.exists() and not args.no_flower
+    flower_version = "?"
     torch.set_num_threads(1)
     table = Table(title="Seconds per round, Pima MLP 8-32-1: plaintext vs secure aggregation")
     for col in (
@@ -84,8 +116,20 @@ def main() -> None:
                 f"{secure_conc:.4f}",
                 f"{secure_conc / plain_conc:.2f}x",
             )
+        if flower and n in args.flower_sites:
+            row, flower_version = flower_secagg(n, args.flower_rounds, args.neighbours)
+            table.add_row(*row)
     console = wide_console()
     console.print(table)
+    if flower:
+        console.print(
+            f"Flower rows: Flower {flower_version}'s SecAggPlusWorkflow vs its plain workflow, Ray "
+            f"simulation, {args.flower_rounds} rounds with round 1 left out, threshold a strict "
+            "majority of the shares; its engine polls every 0.1 s per message exchange "
+            "(SecAgg+: 4 a round)."
+        )
+    else:
+        console.print("Flower rows skipped: no .venv-flower (see bench/README.md) or --no-flower.")
     plain, secure = big_vector(10, 1_000_000)
     console.print(
         f"protocol only, 10 sites x 1M elements: plaintext sum {plain:.3f} s, "
