@@ -4,7 +4,7 @@ never leave the node, bad settings are refused with what is wrong."""
 import numpy as np
 import pandas as pd
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.metrics import accuracy_score, roc_auc_score
 
@@ -23,6 +23,7 @@ from cordiale.learn.subgroups import (
     SubgroupSpec,
     cell_name,
     parse_cell_name,
+    suppressed_cells,
 )
 from cordiale.learn.trainer import TrainConfig, predict_proba
 from cordiale.node.runtime import NodeRuntime
@@ -239,3 +240,50 @@ def test_cell_names_are_valid_record_keys_and_read_back(column, value):
     name = cell_name(column, value)
     assert check_name(name, "ArrayRecord") == name
     assert parse_cell_name(name) == (column, value)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    labels=st.lists(st.booleans(), min_size=60, max_size=200),
+    columns=st.integers(min_value=2, max_value=3),
+    seed=st.integers(min_value=0, max_value=2**32 - 1),
+)
+def test_nothing_the_hub_can_subtract_describes_a_few_examples_of_a_class(labels, columns, seed):
+    """For any data: every reported cell, every column's held-back cells together, and the
+    difference between any two reported cells of different columns (or a reported cell and the
+    whole test set) hold none or at least min_cell examples of each class."""
+    rng = np.random.default_rng(seed)
+    y = np.asarray(labels)
+    cells = {}
+    first = rng.integers(0, 3, len(y))
+    for c in range(columns):  # three values; later columns near-copies of the first, or not
+        flip = rng.random(len(y)) < rng.choice([0.02, 0.05, 0.5])
+        values = np.where(flip, (first + 1) % 3, first) if c else first
+        for v in range(3):
+            cells[(f"c{c}", str(v))] = values == v
+    min_cell = 5
+
+    hidden = suppressed_cells(cells, y, min_cell)
+
+    def classes(rows):
+        return int((rows & y).sum()), int((rows & ~y).sum())
+
+    def ok(rows):
+        return all(n == 0 or n >= min_cell for n in classes(rows))
+
+    shown = {k: r for k, r in cells.items() if k not in hidden}
+    for rows in shown.values():
+        assert min(classes(rows)) >= min_cell
+    for c in range(columns):
+        union = np.zeros(len(y), bool)
+        for (col, _), rows in cells.items():
+            if col == f"c{c}" and (col, _) in hidden:
+                union |= rows
+        all_hidden = all(k in hidden for k in cells if k[0] == f"c{c}")
+        assert not union.any() or min(classes(union)) >= min_cell or all_hidden
+    everything = np.ones(len(y), bool)
+    for ka, a in shown.items():
+        assert ok(a ^ everything)
+        for kb, b in shown.items():
+            if ka[0] != kb[0]:
+                assert ok(a ^ b), (ka, kb)

@@ -256,47 +256,85 @@ def subgroup_reply(
         return {}, ConfigRecord()
     spec.check_columns(groups)
     y = np.asarray(labels).astype(bool)
-    arrays: dict[str, ArrayRecord] = {}
-    suppressed: list[str] = []
+    cells: dict[tuple[str, str], np.ndarray] = {}
     for column in spec.columns:
         if len(groups[column]) != len(y):
             raise ProtocolError(f"subgroup column {column!r} does not match the scored rows")
         values = spec.values_of(column, groups[column])
-        cells = {v: values == v for v in spec.order(column, [*spec.labels(column), *values])}
-        hidden = _suppress(cells, y, spec.min_cell)
-        for value, rows in cells.items():
-            name = cell_name(column, value)
-            if value in hidden:  # not sent at all: only its name says it was held back
-                suppressed.append(name)
-            else:
-                arrays[name] = ScoreHistogram.from_scores(probs[rows], y[rows], bins).to_record()
+        for v in spec.order(column, [*spec.labels(column), *values]):
+            cells[(column, v)] = values == v
+    hidden = suppressed_cells(cells, y, spec.min_cell)
+    arrays: dict[str, ArrayRecord] = {}
+    suppressed: list[str] = []
+    for (column, value), rows in cells.items():
+        name = cell_name(column, value)
+        if (column, value) in hidden:  # not sent at all: only its name says it was held back
+            suppressed.append(name)
+        else:
+            arrays[name] = ScoreHistogram.from_scores(probs[rows], y[rows], bins).to_record()
     return arrays, ConfigRecord({SUPPRESSED_KEY: suppressed})
 
 
-def _suppress(cells: Mapping[str, np.ndarray], y: np.ndarray, min_cell: int) -> set[str]:
-    """The values of one column whose cells are held back.
+def _small(rows: np.ndarray, y: np.ndarray, min_cell: int) -> bool:
+    """Fewer than ``min_cell`` examples, positives or negatives."""
+    n, pos = int(rows.sum()), int((rows & y).sum())
+    return min(n, pos, n - pos) < min_cell
 
-    Primary: every cell with fewer than ``min_cell`` examples, positives or negatives. The cells
-    of a column partition the test rows, whose whole histogram the site sends anyway, so the hub
-    can subtract the reported cells from it and obtain the suppressed cells *together*.
-    Secondary: while that union is itself too small, the smallest reported cell is held back
-    too. (A union with no row at all is left: it tells only that those cells are empty, e.g. a
-    band nobody at the site falls in.)
+
+def _revealing(rows: np.ndarray, y: np.ndarray, min_cell: int) -> bool:
+    """Whether the histogram of ``rows`` would show a few examples of a class: some, but fewer
+    than ``min_cell``, positives or negatives (a class with none shows nothing)."""
+    pos = int((rows & y).sum())
+    neg = int(rows.sum()) - pos
+    return 0 < pos < min_cell or 0 < neg < min_cell
+
+
+def suppressed_cells(
+    cells: Mapping[tuple[str, str], np.ndarray], y: np.ndarray, min_cell: int
+) -> set[tuple[str, str]]:
+    """The ``(column, value)`` cells held back, so that nothing the hub can compute from what is
+    sent describes fewer than ``min_cell`` examples of a class.
+
+    * Primary: every cell with fewer than ``min_cell`` examples, positives or negatives.
+    * Secondary, per column: a column's cells partition the test rows, whose whole histogram the
+      site sends anyway, so the hub can subtract the reported cells and obtain the held-back cells
+      *together*; while that union is itself too small, the smallest reported cell of the column
+      is held back too. (A union with no row at all is left: it says only that those cells are
+      empty, e.g. a band nobody at the site falls in.)
+    * Differencing, across columns: two reported cells of different columns (``Age < 35`` and
+      ``Pregnancies = 0``, say) may hold almost the same rows; the difference of their histograms
+      would then describe the few rows in one and not the other. When it would reveal a few of a
+      class, the smaller cell is held back. The whole test set counts as a reported cell.
+
+    The three rules are applied again until none holds anything more back.
     """
-
-    def small(rows: np.ndarray) -> bool:
-        n, pos = int(rows.sum()), int((rows & y).sum())
-        return min(n, pos, n - pos) < min_cell
-
-    hidden = {v for v, rows in cells.items() if small(rows)}
-    shown = sorted((v for v in cells if v not in hidden), key=lambda v: int(cells[v].sum()))
-    union = np.zeros(len(y), bool)
-    for v in hidden:
-        union |= cells[v]
-    while shown and union.any() and small(union):
-        v = shown.pop(0)
-        hidden.add(v)
-        union |= cells[v]
+    everything = np.ones(len(y), bool)
+    hidden = {key for key, rows in cells.items() if _small(rows, y, min_cell)}
+    columns = list(dict.fromkeys(column for column, _ in cells))
+    changed = True
+    while changed:
+        changed = False
+        for column in columns:  # secondary
+            mine = [key for key in cells if key[0] == column]
+            union = np.zeros(len(y), bool)
+            for key in mine:
+                if key in hidden:
+                    union |= cells[key]
+            shown = sorted((k for k in mine if k not in hidden), key=lambda k: int(cells[k].sum()))
+            while shown and union.any() and _small(union, y, min_cell):
+                key = shown.pop(0)
+                hidden.add(key)
+                union |= cells[key]
+                changed = True
+        shown_all = [(k, cells[k]) for k in cells if k not in hidden]
+        pairs = [(a, b) for a in shown_all for b in [(None, everything), *shown_all]]
+        for (key_a, rows_a), (key_b, rows_b) in pairs:  # differencing
+            other_column = key_b is None or key_a[0] < key_b[0]  # each pair once
+            if other_column and _revealing(rows_a ^ rows_b, y, min_cell):
+                smaller = key_a if key_b is None or rows_a.sum() <= rows_b.sum() else key_b
+                hidden.add(smaller)
+                changed = True
+                break
     return hidden
 
 
