@@ -192,8 +192,9 @@ def client_train(msg: Message, context: Context) -> Message:
     return Message(content=content, reply_to=msg)
 
 
-class TimedFedAvg(FedAvg):
-    """FedAvg that stamps the start and end of every round on the driver's clock."""
+class RoundClock:
+    """Mixed into a strategy: each round's start and end on the driver's clock, and its replies
+    and failures (read by :func:`round_timing`)."""
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -202,20 +203,30 @@ class TimedFedAvg(FedAvg):
         self.replies: dict[int, int] = {}
         self.failures: dict[int, int] = {}
 
+    def round_started(self, server_round: int) -> None:
+        self.round_start[server_round] = time.perf_counter()
+
+    def round_ended(self, server_round: int, replies: int, failures: int) -> None:
+        self.replies[server_round] = replies
+        self.failures[server_round] = failures
+        self.round_end[server_round] = time.perf_counter()
+
+
+class TimedFedAvg(RoundClock, FedAvg):
+    """FedAvg that stamps the start and end of every round on the driver's clock."""
+
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        self.round_start[server_round] = time.perf_counter()
+        self.round_started(server_round)
         return super().configure_train(server_round, arrays, config, grid)
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         replies = list(replies)
-        self.replies[server_round] = len(replies)
-        self.failures[server_round] = sum(1 for m in replies if m.has_error())
         out = super().aggregate_train(server_round, replies)
-        self.round_end[server_round] = time.perf_counter()
+        self.round_ended(server_round, len(replies), sum(1 for m in replies if m.has_error()))
         return out
 
 

@@ -44,6 +44,7 @@ T0 = time.perf_counter()
 # check) before flwr is imported.
 from flower_round import (  # noqa: E402
     INIT_SEED,
+    RoundClock,
     arg_parser,
     build_model,
     check_args,
@@ -132,20 +133,13 @@ def weighted_loss(metrics: list[tuple[int, Metrics]]) -> Metrics:
     return {"train_loss": sum(n * float(m["train_loss"]) for n, m in metrics) / max(total, 1)}
 
 
-class TimedLegacyFedAvg(FedAvg):
+class TimedLegacyFedAvg(RoundClock, FedAvg):
     """Legacy FedAvg that stamps the start and end of every round on the driver's clock."""
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.round_start: dict[int, float] = {}
-        self.round_end: dict[int, float] = {}
-        self.replies: dict[int, int] = {}
-        self.failures: dict[int, int] = {}
 
     def configure_fit(
         self, server_round: int, parameters: Parameters, client_manager: ClientManager
     ) -> list[tuple[ClientProxy, FitIns]]:
-        self.round_start[server_round] = time.perf_counter()
+        self.round_started(server_round)
         return super().configure_fit(server_round, parameters, client_manager)
 
     def aggregate_fit(
@@ -154,10 +148,8 @@ class TimedLegacyFedAvg(FedAvg):
         results: list[tuple[ClientProxy, FitRes]],
         failures: Sequence[tuple[ClientProxy, FitRes] | BaseException],
     ) -> tuple[Parameters | None, dict[str, Scalar]]:
-        self.replies[server_round] = len(results)
-        self.failures[server_round] = len(failures)
         out = super().aggregate_fit(server_round, results, list(failures))
-        self.round_end[server_round] = time.perf_counter()
+        self.round_ended(server_round, len(results), len(failures))
         return out
 
 
