@@ -168,7 +168,7 @@ def _check_layout(buf: memoryview, header: bytes, limits: DecodeLimits) -> _Layo
     try:
         st_deserialize(bytes(buf))
     except SafetensorError as e:
-        _explain(buf, limits)  # raises with the precise reason when it finds one
+        _explain(header, len(buf) - 8 - len(header), limits)  # raises naming the problem
         raise WireError(f"array section refused: {e}") from None
     described = json.loads(header)  # valid: the library just parsed it
     described.pop("__metadata__", None)
@@ -189,20 +189,16 @@ def _check_layout(buf: memoryview, header: bytes, limits: DecodeLimits) -> _Layo
     return tuple(layout)
 
 
-def _explain(buf: memoryview, limits: DecodeLimits) -> None:
+def _explain(raw_header: bytes, data_len: int, limits: DecodeLimits) -> None:
     """Find what is wrong with a safetensors buffer the library refused, and say it.
 
-    Checked: the header's length and JSON, the number of arrays, each descriptor (dtype allowed,
-    shape within ``max_dims`` and consistent with its byte span, offsets inside the buffer) and
-    that the spans tile the data section exactly (no gap, overlap or trailing byte).
+    Checked (the header's length already was): its JSON, the number of arrays, each descriptor
+    (dtype allowed, shape within ``max_dims`` and consistent with its byte span, offsets inside
+    the data section) and that the spans tile the data section exactly (no gap, overlap or
+    trailing byte).
     """
-    if len(buf) < 8:
-        raise WireError("array section truncated: shorter than its 8-byte length prefix")
-    (n,) = _U64.unpack(buf[:8])
-    if n > limits.max_header_bytes or 8 + n > len(buf):
-        raise WireError(f"array header length {n} exceeds the buffer or the limit")
     try:
-        header = json.loads(bytes(buf[8 : 8 + n]))
+        header = json.loads(raw_header)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise WireError(f"array header is not valid JSON: {e}") from None
     if type(header) is not dict:
@@ -210,7 +206,6 @@ def _explain(buf: memoryview, limits: DecodeLimits) -> None:
     header.pop("__metadata__", None)
     if len(header) > limits.max_tensors:
         raise WireError(f"{len(header)} arrays exceed the limit of {limits.max_tensors}")
-    data_len = len(buf) - 8 - n
     spans = []
     for key, info in header.items():  # json gives exact types: `type(x) is int` excludes bool
         if type(info) is not dict or info.keys() != _DESCRIPTOR_KEYS:

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import functools
 import zlib
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 from torch import nn
@@ -51,6 +50,8 @@ __all__ = [
 ]
 
 
+K = TypeVar("K")
+V = TypeVar("V")
 MODELS_KEPT = 8  # built models a node keeps between tasks (a few studies at a time)
 #: the task configuration that decides which model a node builds
 _MODEL_KEYS = (
@@ -80,7 +81,7 @@ class NodeState:
     local_layers: dict[str, ArrayRecord] = field(default_factory=dict)
     plans: dict[str, Callable[[int], Any]] = field(default_factory=dict)  # sha256 -> build_model
     secagg: dict[str, SecAggSession] = field(default_factory=dict)
-    models: OrderedDict[tuple[str, str, int], nn.Module] = field(default_factory=OrderedDict)
+    models: dict[tuple[str, str, int], nn.Module] = field(default_factory=dict)
 
     #: the training rows as the study's scaler scaled them (the scaler is fixed at set-up, so
     #: every round would compute the same): (rows, the scaler's bytes, scaled), by study
@@ -95,18 +96,20 @@ class NodeState:
             return hit[2]
         out = scaler.transform(x)
         if isinstance(x, np.ndarray) and x.nbytes <= SCALED_KEPT_BYTES:
-            self.scaled.pop(study, None)
-            self.scaled[study] = (x, fitted, out)
-            while len(self.scaled) > MODELS_KEPT:  # the oldest study's copy goes first
-                self.scaled.pop(next(iter(self.scaled)))
+            _keep_recent(self.scaled, study, (x, fitted, out))
         return out
 
     def keep_model(self, key: tuple[str, str, int], model: nn.Module) -> None:
         """Remember a built model for the next task of its study (the few most recent only)."""
-        self.models[key] = model
-        self.models.move_to_end(key)
-        while len(self.models) > MODELS_KEPT:
-            self.models.popitem(last=False)
+        _keep_recent(self.models, key, model)
+
+
+def _keep_recent(kept: dict[K, V], key: K, value: V) -> None:
+    """Store ``key`` as the newest entry of ``kept``; the oldest go past ``MODELS_KEPT``."""
+    kept.pop(key, None)
+    kept[key] = value
+    while len(kept) > MODELS_KEPT:
+        kept.pop(next(iter(kept)))
 
 
 def _scaler(ds: SiteDataset, content: Content) -> Standardizer:
@@ -132,21 +135,20 @@ def _build(ds: SiteDataset, cfg: ConfigRecord, state: NodeState, study: str) -> 
     if reuse and (kept := state.models.get((study, made_of, ds.num_features))) is not None:
         return kept
     builder: Callable[[int], Any]
-    if cfg.get_str("plan.source", ""):  # a custom plan: built only by the approved, imported copy
-        sha = cfg.get_str("plan.sha256", "")
-        found = state.plans.get(sha)
+    custom = bool(cfg.get_str("plan.source", ""))
+    if custom:  # a custom plan: built only by the approved, imported copy
+        found = state.plans.get(cfg.get_str("plan.sha256", ""))
         if found is None:
             raise ProtocolError("the task's custom plan is not approved at this node")
-        builder, what = found, sha
+        builder = found
     elif (network := NetworkSpec.from_config(cfg)) is not None:  # built-in imaging network
-        builder, what = functools.partial(build_network, network), repr(network)
+        builder = functools.partial(build_network, network)
     else:
-        spec = ModelSpec.from_config(cfg)
-        builder, what = functools.partial(TabularNet, spec), repr(spec)
+        builder = functools.partial(TabularNet, ModelSpec.from_config(cfg))
     model = build_with(builder, ds.num_features, seed=cfg.get_int("seed", 0))
     if reuse:
         state.keep_model((study, made_of, ds.num_features), model)
-        if what != cfg.get_str("plan.sha256", ""):  # built-in: tensors only change in place
+        if not custom:  # built-in models: their tensors only ever change in place
             keep_state(model)
     return model
 
