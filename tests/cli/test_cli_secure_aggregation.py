@@ -25,6 +25,8 @@ def test_simulate_with_secure_aggregation_reports_its_settings(tmp_path):
         "2",
         "--secagg-clip",
         "500",
+        "--secagg-rekey-every",
+        "1",
         "--out",
         str(out),
     )
@@ -35,6 +37,7 @@ def test_simulate_with_secure_aggregation_reports_its_settings(tmp_path):
         "neighbours": 2,
         "clip": 500.0,
         "frac_bits": 16,
+        "rekey_every": 1,
     }
     assert [r["nodes"] for r in result["rounds"]] == [4, 4]
 
@@ -42,3 +45,5 @@ def test_simulate_with_secure_aggregation_reports_its_settings(tmp_path):
 def test_secagg_options_need_secure_aggregation():
     with pytest.raises(ConfigError, match="need --secure-aggregation"):
         simulate_command(dataset="pima", secagg_threshold=3)
+    with pytest.raises(ConfigError, match="need --secure-aggregation"):
+        simulate_command(dataset="pima", secagg_rekey_every=2)

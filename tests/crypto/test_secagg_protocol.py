@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Collection
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from secagg_harness import draw_counts, drop_schedule
 
 from cordiale.core.errors import ConfigError, CryptoError, SecAggAbort
 from cordiale.crypto import (
@@ -15,6 +17,7 @@ from cordiale.crypto import (
     Stage,
     neighbour_graph,
     run_protocol,
+    run_rounds,
     run_secagg_round,
 )
 
@@ -30,24 +33,12 @@ def random_inputs(n: int, length: int, seed: int) -> dict[str, np.ndarray]:
     return {c: rng.uniform(-CLIP, CLIP, length) for c in ids(n)}
 
 
-def drop_schedule(draw_order: list[str], counts: list[int]) -> dict[Stage, set[str]]:
-    """Drop the first counts[0] clients of draw_order at stage 0, the next counts[1] at 1..."""
-    schedule, start = {}, 0
-    for stage, count in zip(Stage, counts, strict=True):
-        schedule[stage] = set(draw_order[start : start + count])
-        start += count
-    return schedule
-
-
 @settings(max_examples=30, deadline=None)
 @given(data=st.data())
 def test_sum_is_exact_within_quantisation_with_dropouts_at_every_stage(data):
     n = data.draw(st.integers(3, 8), label="n")
     t = data.draw(st.integers(2, n), label="t")
-    budget = n - t
-    counts = []
-    for _ in Stage:
-        counts.append(data.draw(st.integers(0, budget - sum(counts))))
+    counts = draw_counts(data, len(Stage), n - t)
     order = data.draw(st.permutations(ids(n)))
     inputs = random_inputs(n, data.draw(st.integers(1, 40)), data.draw(st.integers(0, 2**31)))
     drops = drop_schedule(list(order), counts)
@@ -84,21 +75,62 @@ def test_weighted_sum_and_total_weight(n, seed, data):
         assert np.abs(result.mean() - mean).max() <= result.quantisation_bound
 
 
-@pytest.mark.parametrize("stage", list(Stage))
-def test_dropping_exactly_n_minus_t_at_one_stage_still_sums(stage):
-    inputs = random_inputs(7, 10, seed=stage)
-    dropped = set(ids(7)[:3])
-    result = run_secagg_round(inputs, clip=CLIP, threshold=4, drop_at={stage: dropped})
-    assert len(result.survivors) == (4 if stage < Stage.UNMASK else 7)
+def label(value: object) -> str:
+    """A test id: "3@UNMASK+2@RECOVER" for a drop count per stage, else the value."""
+    if isinstance(value, dict):
+        return "+".join(f"{n}@{Stage(s).name}" for s, n in value.items())
+    return str(value)
+
+
+@pytest.mark.parametrize(
+    ("counts", "survivors"),
+    [
+        ({Stage.ADVERTISE_KEYS: 3}, 4),
+        ({Stage.SHARE_KEYS: 3}, 4),
+        ({Stage.MASKED_INPUT: 3}, 4),
+        ({Stage.UNMASK: 3}, 7),  # silent survivors: recovered at stage 4, their inputs count
+        ({Stage.RECOVER: 3}, 7),  # nobody was silent: no stage 4, dropping there changes nothing
+        ({Stage.UNMASK: 1, Stage.RECOVER: 2}, 7),  # stage 4 recovers from exactly t holders
+        ({Stage.MASKED_INPUT: 1, Stage.UNMASK: 1, Stage.RECOVER: 1}, 6),
+    ],
+    ids=label,
+)
+def test_dropping_exactly_n_minus_t_still_sums(counts, survivors):
+    inputs = random_inputs(7, 10, seed=len(counts))
+    drops = drop_schedule(ids(7), list(counts.values()), list(counts))
+    result = run_secagg_round(inputs, clip=CLIP, threshold=4, drop_at=drops)
+    assert len(result.survivors) == survivors
     expected = sum(inputs[c] for c in result.survivors)
     assert np.abs(result.total - expected).max() <= result.quantisation_bound
 
 
-@pytest.mark.parametrize("stage", list(Stage))
-def test_fewer_than_t_survivors_abort_with_a_clear_message(stage):
+@pytest.mark.parametrize(
+    ("counts", "match"),
+    [
+        ({Stage.ADVERTISE_KEYS: 4}, "only 3 clients advertised keys"),
+        ({Stage.SHARE_KEYS: 4}, "only 3 clients shared keys"),
+        ({Stage.MASKED_INPUT: 4}, "only 3 clients sent masked inputs"),
+        ({Stage.UNMASK: 4}, "the self mask of 'site-00' has only 3 share holders left"),
+        (
+            {Stage.UNMASK: 1, Stage.RECOVER: 3},
+            "cannot reconstruct the self mask of 'site-00': 3 shares received",
+        ),
+        (
+            {Stage.MASKED_INPUT: 1, Stage.UNMASK: 1, Stage.RECOVER: 2},
+            "cannot reconstruct the self mask of 'site-01': 3 shares received",
+        ),
+        (
+            {Stage.MASKED_INPUT: 2, Stage.UNMASK: 2},
+            "the seal key of 'site-00' has only 3 share holders left",
+        ),
+    ],
+    ids=label,
+)
+def test_fewer_than_t_survivors_abort_with_a_clear_message(counts, match):
     inputs = random_inputs(7, 10, seed=1)
-    with pytest.raises(SecAggAbort, match=r"threshold is 4") as info:
-        run_secagg_round(inputs, clip=CLIP, threshold=4, drop_at={stage: set(ids(7)[:4])})
+    drops = drop_schedule(ids(7), list(counts.values()), list(counts))
+    with pytest.raises(SecAggAbort, match=rf"{match}.*threshold is 4") as info:
+        run_secagg_round(inputs, clip=CLIP, threshold=4, drop_at=drops)
     assert "aborted" in str(info.value)
     assert info.value.public_message == "secure aggregation aborted"
 
@@ -110,7 +142,9 @@ def test_dropouts_spread_over_stages_abort_when_they_add_up_past_n_minus_t():
         Stage.MASKED_INPUT: {"site-01"},
         Stage.UNMASK: {"site-02"},
     }
-    with pytest.raises(SecAggAbort, match="cannot reconstruct the self mask"):
+    # Checked before stage 4 is asked for: silent site-02 needs the seal key of dropped site-01,
+    # and only 3 of site-01's neighbours answered stage 3.
+    with pytest.raises(SecAggAbort, match="seal key of 'site-01' has only 3 share holders left"):
         run_secagg_round(inputs, clip=CLIP, threshold=4, drop_at=drops)
 
 
@@ -119,7 +153,7 @@ def test_ring_sum_is_exact_on_raw_words(bits):
     dtype = np.uint32 if bits == 32 else np.uint64
     rng = np.random.default_rng(bits)
     config = SecAggConfig(
-        round_id=3, client_ids=tuple(ids(6)), threshold=3, vector_length=64, bits=bits
+        epoch_id=3, client_ids=tuple(ids(6)), threshold=3, vector_length=64, bits=bits
     )
     vectors = {c: rng.integers(0, 2**bits, 64, dtype=dtype, endpoint=False) for c in ids(6)}
     result = run_protocol(config, vectors, drop_at={Stage.MASKED_INPUT: {"site-05"}})
@@ -145,6 +179,104 @@ def test_stochastic_rounding_round():
     )
     assert result.quantisation_bound == 4 * 2.0**-10
     assert np.abs(result.total - sum(inputs.values())).max() <= result.quantisation_bound
+
+
+# -- several rounds of one epoch ------------------------------------------------------------
+
+
+def random_words(clients: list[str], length: int, bits: int, rng: np.random.Generator) -> dict:
+    dtype = np.uint32 if bits == 32 else np.uint64
+    return {c: rng.integers(0, 2**bits, length, dtype=dtype) for c in clients}
+
+
+def ring_sum(words: dict[str, np.ndarray], survivors: Collection[str]) -> np.ndarray:
+    total = np.zeros_like(next(iter(words.values())))
+    for c in survivors:
+        total += words[c]
+    return total
+
+
+@settings(max_examples=20, deadline=None)
+@given(data=st.data())
+def test_every_round_of_an_epoch_sums_exactly_with_dropouts(data):
+    n = data.draw(st.integers(4, 8), label="n")
+    t = data.draw(st.integers(2, n), label="t")
+    bits = data.draw(st.sampled_from([32, 64]), label="bits")
+    epoch = data.draw(st.integers(0, 10**6), label="epoch")
+    config = SecAggConfig(
+        epoch_id=epoch, client_ids=tuple(ids(n)), threshold=t, vector_length=8, bits=bits
+    )
+    members, schedules, expected = set(ids(n)), [], []
+    for i in range(data.draw(st.integers(2, 4), label="rounds")):
+        stages = list(Stage) if i == 0 else [Stage.MASKED_INPUT, Stage.UNMASK, Stage.RECOVER]
+        order = data.draw(st.permutations(sorted(members)))
+        counts = draw_counts(data, len(stages), len(members) - t)
+        schedule = drop_schedule(list(order), counts, stages)
+        # Dropping before or at stage 2 leaves the epoch; dropping at stage 3 or 4 does not.
+        for stage in (Stage.ADVERTISE_KEYS, Stage.SHARE_KEYS, Stage.MASKED_INPUT):
+            members -= schedule.get(stage, set())
+        schedules.append(schedule)
+        expected.append(set(members))
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**31), label="seed"))
+    rounds = [random_words(ids(n), 8, bits, rng) for _ in schedules]
+    results = run_rounds(config, rounds, schedules)
+    assert [r.round_id for r in results] == [epoch + i for i in range(len(rounds))]
+    for result, words, survivors in zip(results, rounds, expected, strict=True):
+        assert set(result.survivors) == survivors
+        assert np.array_equal(result.total, ring_sum(words, survivors))
+
+
+def spread(config: SecAggConfig, k: int) -> list[str]:
+    """k clients, pairwise not neighbours where the graph allows it."""
+    chosen: list[str] = []
+    for c in config.client_ids:
+        if all(c not in config.neighbours(o) for o in chosen):
+            chosen.append(c)
+    rest = [c for c in config.client_ids if c not in chosen]
+    return (chosen + rest)[:k]
+
+
+@pytest.mark.parametrize(("n", "degree"), [(6, None), (12, 4)])
+def test_dropouts_at_stages_2_3_and_4_in_successive_rounds(n, degree):
+    config = SecAggConfig(
+        epoch_id=20,
+        client_ids=tuple(ids(n)),
+        threshold=3,
+        vector_length=16,
+        degree=degree,
+        graph_seed=b"epoch",
+    )
+    a, b, c = spread(config, 3)
+    d, e = sorted(config.neighbours(c) - {a})[:2]  # they hold shares of c's self-mask seed
+    schedules = [
+        {Stage.MASKED_INPUT: {a}},  # a leaves the epoch: no package for the next round
+        {Stage.UNMASK: {b}},  # b is silent: its self mask is recovered at stage 4
+        {Stage.UNMASK: {c}, Stage.RECOVER: {d}},  # c is silent and d drops while recovering
+        {},  # b, c and d take part again
+    ]
+    rounds = [random_words(ids(n), 16, 32, np.random.default_rng(i)) for i in range(4)]
+    results = run_rounds(config, rounds, schedules)
+    assert [r.round_id for r in results] == [20, 21, 22, 23]
+    everyone = set(ids(n))
+    assert [set(r.survivors) for r in results] == [everyone - {a}] * 4
+    for result, words in zip(results, rounds, strict=True):
+        assert np.array_equal(result.total, ring_sum(words, result.survivors))
+    # d was one of exactly t + 1 holders of c's secrets: one more drop at stage 4 is fatal.
+    schedules[2] = {Stage.UNMASK: {c}, Stage.RECOVER: {d, e}}
+    with pytest.raises(SecAggAbort, match=f"cannot reconstruct the self mask of '{c}'"):
+        run_rounds(config, rounds, schedules)
+
+
+def test_a_client_left_out_of_a_round_is_out_of_the_epoch():
+    config = SecAggConfig(epoch_id=0, client_ids=tuple(ids(4)), threshold=2, vector_length=4)
+    rounds = [random_words(ids(4), 4, 32, np.random.default_rng(i)) for i in range(3)]
+    rounds[1].pop("site-03")  # no vector: not a member of round 1, holds no package for round 2
+    results = run_rounds(config, rounds)
+    assert [len(r.survivors) for r in results] == [4, 3, 3]
+    assert all(
+        np.array_equal(r.total, ring_sum(w, r.survivors))
+        for r, w in zip(results, rounds, strict=True)
+    )
 
 
 # -- SecAgg+ -------------------------------------------------------------------------------
@@ -254,19 +386,19 @@ def _connected(graph: dict[str, set[str]]) -> bool:
         ({"degree": 2, "threshold": 4}, "threshold lies in 2..3"),
         ({"vector_length": 0}, "vector_length"),
         ({"bits": 16}, "32 or 64"),
-        ({"round_id": -1}, "round_id"),
+        ({"epoch_id": -1}, "epoch_id"),
         ({"client_ids": tuple(ids(300)), "threshold": 2}, "exceeds the 255 shares"),
     ],
 )
 def test_bad_config_is_refused(kwargs, match):
-    base = {"round_id": 0, "client_ids": tuple(ids(5)), "threshold": 3, "vector_length": 4}
+    base = {"epoch_id": 0, "client_ids": tuple(ids(5)), "threshold": 3, "vector_length": 4}
     with pytest.raises(CryptoError, match=match):
         SecAggConfig(**{**base, **kwargs})
 
 
 def test_large_federation_needs_secagg_plus():
     config = SecAggConfig(
-        round_id=0, client_ids=tuple(ids(300)), threshold=3, vector_length=1, degree=8
+        epoch_id=0, client_ids=tuple(ids(300)), threshold=3, vector_length=1, degree=8
     )
     assert len(config.neighbours("site-00")) == 8
 
@@ -275,7 +407,7 @@ def test_driver_errors():
     inputs = random_inputs(3, 2, 0)
     with pytest.raises(ConfigError, match="unknown clients"):
         run_secagg_round(inputs, clip=CLIP, drop_at={Stage.UNMASK: {"nobody"}})
-    with pytest.raises(ConfigError, match=r"stages are 0\.\.3"):
+    with pytest.raises(ConfigError, match=r"stages are 0\.\.4"):
         run_secagg_round(inputs, clip=CLIP, drop_at={7: set()})
     with pytest.raises(ConfigError, match="one shape"):
         run_secagg_round({**inputs, "site-00": np.zeros(3)}, clip=CLIP)
@@ -283,9 +415,16 @@ def test_driver_errors():
         run_secagg_round({"a": np.zeros(2)}, clip=CLIP)
     with pytest.raises(ConfigError, match="weights"):
         run_secagg_round(inputs, clip=CLIP, weights={"site-00": 1})
-    config = SecAggConfig(round_id=0, client_ids=tuple(ids(3)), threshold=2, vector_length=2)
+    config = SecAggConfig(epoch_id=0, client_ids=tuple(ids(3)), threshold=2, vector_length=2)
     with pytest.raises(ConfigError, match="one vector per client"):
         run_protocol(config, {})
+    vectors = {c: np.zeros(2, dtype=np.uint32) for c in ids(3)}
+    with pytest.raises(ConfigError, match="one schedule per round"):
+        run_rounds(config, [vectors, vectors], [None])
+    with pytest.raises(ConfigError, match="not in the config"):
+        run_rounds(config, [vectors, {**vectors, "nobody": vectors["site-00"]}])
+    with pytest.raises(ConfigError, match="one vector per client"):
+        run_rounds(config, [])
 
 
 def test_drop_at_accepts_stage_numbers():

@@ -180,10 +180,8 @@ def test_secure_aggregation_with_distributed_noise_equals_the_plain_dp_mean(pima
     assert all(math.isnan(r.train_loss) for r in secure.federated.history)  # loss slot empty
 
 
-def test_central_noise_with_secure_aggregation_is_refused_by_the_study_spec():
-    from cordiale.learn.study import StudySpec
-
-    raw = {
+def _secure_spec(**privacy):
+    return {
         "study": {"name": "n", "purpose": "p", "sites": ["a", "b"], "rounds": 2},
         "data": {
             "dataset": "pima",
@@ -193,12 +191,25 @@ def test_central_noise_with_secure_aggregation_is_refused_by_the_study_spec():
                 "target": {"name": "y", "positive": ["1"]},
             },
         },
-        "privacy": {
-            "secure_aggregation": True,
-            "dp": "client",
-            "epsilon": 4.0,
-            "noise": "central",
-        },
+        "privacy": {"secure_aggregation": True, **privacy},
     }
+
+
+def test_the_study_spec_sets_how_long_secure_aggregation_keys_last():
+    from cordiale.learn.study import StudySpec
+
+    spec = StudySpec.parse(_secure_spec(secagg_rekey_every=4, secagg_neighbours=1))
+    secagg = spec.federation_config("s").secure_aggregation
+    assert (secagg.rekey_every, secagg.degree) == (4, 1)
+    default = StudySpec.parse(_secure_spec()).federation_config("s").secure_aggregation
+    assert default.rekey_every == 10
+    with pytest.raises(ConfigError, match="secagg_rekey_every"):
+        StudySpec.parse(_secure_spec(secagg_rekey_every=0))
+
+
+def test_central_noise_with_secure_aggregation_is_refused_by_the_study_spec():
+    from cordiale.learn.study import StudySpec
+
+    raw = _secure_spec(dp="client", epsilon=4.0, noise="central")
     with pytest.raises(ConfigError, match="distributed"):
         StudySpec.parse(raw)

@@ -17,6 +17,8 @@ from cordiale.crypto import (
     FixedPointCodec,
     KeyAdvertisement,
     MaskedInputResponse,
+    RecoverRequest,
+    RecoverResponse,
     ShareKeysResponse,
     UnmaskRequest,
     UnmaskResponse,
@@ -236,7 +238,7 @@ def test_a_node_refuses_a_request_for_both_shares(pima_sites):
     record = fed.step(1)  # the three honest requests still give enough shares
     assert record.nodes == SITES
     assert record.failures["site-0"].startswith("SecAggAbort: client 'site-0' refuses")
-    assert "both the self-mask share and the mask-key share" in record.failures["site-0"]
+    assert "both as survivors and as dropped" in record.failures["site-0"]
     secagg = [r for r in transport.received if r.envelope.stage == "secagg"]
     refusal = [r for r in secagg if r.envelope.sender == "site-0"][-1]
     assert refusal.content.error is not None and not refusal.content.arrays
@@ -244,15 +246,15 @@ def test_a_node_refuses_a_request_for_both_shares(pima_sites):
 
 def test_when_every_node_refuses_the_round_fails(pima_sites):
     fed, _ = _federation(pima_sites, before=_ask_for_both_shares(set(SITES)))
-    with pytest.raises(SecAggAbort, match=r"cannot reconstruct.*consistency check failed"):
+    with pytest.raises(SecAggAbort, match=r"0 share holders left.*consistency check failed"):
         fed.step(1)
 
 
 def test_a_node_masks_only_one_update_per_round(pima_sites):
     fed, _ = _federation(pima_sites)
     fed.step(1)
-    with pytest.raises(SecAggAbort, match="refuses to mask another for round 1"):
-        fed.step(1)  # a hub re-running a round it already unmasked
+    with pytest.raises(SecAggAbort, match="already sent a masked update for round 1"):
+        fed.step(1)  # a hub re-running a round it already unmasked (with fresh keys)
 
 
 def test_node_refuses_steps_out_of_place(pima_sites):
@@ -264,7 +266,7 @@ def test_node_refuses_steps_out_of_place(pima_sites):
         return node.handle(Message(env, Content(config=cfg))).content.error
 
     err = send("share_keys")
-    assert err.kind == "ProtocolError" and "no secure-aggregation round in progress" in err.message
+    assert err.kind == "ProtocolError" and "no secure-aggregation epoch in progress" in err.message
     err = send("finish")
     assert err.kind == "ProtocolError"
     assert "does not run stage 'secagg' step 'finish'" in err.message
@@ -288,9 +290,7 @@ def test_a_replayed_step_is_refused_and_the_round_goes_on(pima_sites):
     assert fed.step(1).nodes == SITES
     (refusal,) = refusals
     assert refusal.content.error.kind == "ProtocolError"
-    assert (
-        "SHARE_KEYS already completed (replayed request refused)" in refusal.content.error.message
-    )
+    assert "stage SHARE_KEYS refused, it expects MASKED_INPUT now" in refusal.content.error.message
 
 
 # -- clipping stays local ---------------------------------------------------------------------
@@ -353,26 +353,28 @@ def test_protocol_messages_round_trip_through_content():
         "advertise_keys": KeyAdvertisement(
             round_id=3, sender="a", enc_public_key=b"\x01" * 32, mask_public_key=b"\x02" * 32
         ),
-        "share_keys": ShareKeysResponse(
-            round_id=3,
-            sender="a",
-            receivers=("b", "c"),
-            ciphertexts=(b"xy", b""),
-            self_mask_commitment=b"\x00" * 32,
-        ),
+        "share_keys": ShareKeysResponse(**PACKAGE),
         "masked_input": MaskedInputResponse(
-            round_id=3, sender="a", masked=np.arange(5, dtype=np.uint64)
+            **{**PACKAGE, "shares_round": 4}, masked=np.arange(5, dtype=np.uint64)
         ),
         "unmask": UnmaskResponse(
+            round_id=3, sender="a", self_mask_seed=b"s" * 32, seed_peers=(), pair_seeds=()
+        ),
+        "recover": RecoverResponse(
             round_id=3,
             sender="a",
-            self_mask_owners=("a",),
+            self_mask_owners=("b",),
             self_mask_shares=(b"123",),
-            key_owners=(),
-            key_shares=(),
+            seed_owners=("c",),
+            seed_shares=(b"45",),
         ),
     }
-    for step, msg in messages.items():
+    requests = {
+        "recover": RecoverRequest(round_id=3, receiver="a", self_mask_owners=("b",), seed_owners=())
+    }
+    messages.update({f"{k} request": v for k, v in requests.items()})
+    for key, msg in messages.items():
+        step = key.removesuffix(" request")
         content = to_content(step, msg)
         assert step_of(content) == step
         back = from_content(type(msg), content)
@@ -381,17 +383,22 @@ def test_protocol_messages_round_trip_through_content():
             assert np.array_equal(a, b) if isinstance(a, np.ndarray) else a == b
 
 
+PACKAGE = {
+    "round_id": 3,
+    "sender": "a",
+    "shares_round": 3,
+    "receivers": ("b", "c"),
+    "ciphertexts": (b"xy", b""),
+    "self_mask_commitment": b"\x00" * 32,
+    "seed_commitments": (b"\x01" * 32, b"\x02" * 32),
+    "sealed_seeds": b"sealed",
+}
+
+
 def _share_keys_content():
-    return to_content(
-        "share_keys",
-        ShareKeysResponse(
-            round_id=1,
-            sender="a",
-            receivers=("b",),
-            ciphertexts=(b"abc",),
-            self_mask_commitment=b"\x00" * 32,
-        ),
-    )
+    package = {**PACKAGE, "receivers": ("b",), "ciphertexts": (b"abc",)}
+    package["seed_commitments"] = (b"\x01" * 32,)
+    return to_content("share_keys", ShareKeysResponse(**package))
 
 
 def _drop_field(c):
@@ -449,3 +456,108 @@ def test_a_malformed_first_step_is_refused_by_the_node(pima_sites):
     assert err.kind == "ProtocolError" and "'secagg.config.client_ids' is missing" in err.message
     with pytest.raises(ProtocolError, match="does not run stage 'secagg'"):
         step_of(Content())
+
+
+# -- key epochs across rounds -----------------------------------------------------------------
+
+
+def _steps_by_round(transport):
+    """The secagg steps the hub sent in each round, in order of first appearance."""
+    steps: dict[int, list[str]] = {}
+    for m in transport.sent:
+        if m.envelope.stage == "secagg":
+            step = m.content.config["secagg.stage"]
+            if step not in steps.setdefault(m.envelope.round, []):
+                steps[m.envelope.round].append(step)
+    return steps
+
+
+def test_keys_are_agreed_once_per_epoch(pima_sites):
+    fed, transport = _federation(pima_sites, rounds=5, rekey_every=3)
+    records = [fed.step(r) for r in range(1, 6)]
+    setup = ["advertise_keys", "share_keys", "masked_input", "unmask"]
+    steady = ["masked_input", "unmask"]
+    assert _steps_by_round(transport) == {1: setup, 2: steady, 3: steady, 4: setup, 5: steady}
+    assert all(r.nodes == SITES and not r.failures for r in records)
+    # the same five rounds in plain: the epochs change nothing in the result
+    plain, _ = _federation(pima_sites, rounds=5, secure=False)
+    for r in range(1, 6):
+        plain.step(r)
+    _assert_same_weights(fed.weights, plain.weights)
+
+
+def test_fresh_keys_every_round_when_asked(pima_sites):
+    fed, transport = _federation(pima_sites, rounds=2, rekey_every=1)
+    fed.step(1), fed.step(2)
+    assert [s[0] for s in _steps_by_round(transport).values()] == ["advertise_keys"] * 2
+
+
+def test_a_site_that_missed_a_round_gets_fresh_keys_to_rejoin(pima_sites):
+    def lose(step, messages):
+        if step == "masked_input" and messages[0].envelope.round == 2:
+            transport.disconnect("site-2")
+        if step == "advertise_keys" and messages[0].envelope.round == 4:
+            transport.reconnect("site-2")
+
+    fed, transport = _federation(pima_sites, rounds=5, before=lose)
+    fed.step(1)
+    lost = fed.step(2)
+    assert lost.nodes == ["site-0", "site-1", "site-3"]
+    assert lost.failures == {"site-2": "no reply before the round timeout"}
+    # site-2 holds no share package for round 3: the hub agrees on fresh keys (site-2 is
+    # still silent), and again in round 4, where site-2 is back
+    assert fed.step(3).nodes == ["site-0", "site-1", "site-3"]
+    assert fed.step(4).nodes == SITES and fed.step(5).nodes == SITES
+    steps = _steps_by_round(transport)
+    assert [steps[r][0] for r in range(1, 6)] == [
+        "advertise_keys",
+        "masked_input",
+        "advertise_keys",
+        "advertise_keys",
+        "masked_input",
+    ]
+
+
+def test_a_silent_survivor_is_recovered_from_shares(pima_sites):
+    """site-1 sends its masked input and then goes silent while site-2 was lost: the others'
+    shares give site-1's self mask and site-2's round seeds (stage 'recover')."""
+
+    def lose(step, messages):
+        if step == "masked_input":
+            transport.disconnect("site-2")
+        if step == "unmask":
+            transport.disconnect("site-1")
+
+    fed, transport = _federation(pima_sites, before=lose, threshold=2)
+    record = fed.step(1)
+    assert record.nodes == ["site-0", "site-1", "site-3"]
+    assert _steps_by_round(transport)[1][-1] == "recover"
+    plain_weights, _ = _plain_updates(pima_sites, lost=("site-2",))
+    _assert_same_weights(fed.weights, plain_weights)
+
+
+def test_a_node_that_lost_its_epoch_is_rekeyed_next_round(pima_sites):
+    nodes = {s: NodeRuntime(s, d) for s, d in pima_sites.items()}
+
+    def restart(step, messages):
+        if step == "masked_input" and messages[0].envelope.round == 2:
+            nodes["site-1"].state.secagg.clear()  # a node restarted: its epoch keys are gone
+
+    transport = RecordingTransport({s: n.handle_bytes for s, n in nodes.items()}, before=restart)
+    cfg = FederationConfig(
+        study_id="secagg",
+        rounds=3,
+        seed=5,
+        model=ModelSpec(hidden=(8,)),
+        evaluate_every=0,
+        secure_aggregation=SecureAggregationConfig(),
+    )
+    fed = Federation(cfg, make_strategy("fedavg"), transport)
+    fed.setup()
+    fed.step(1)
+    second = fed.step(2)
+    assert second.nodes == ["site-0", "site-2", "site-3"]
+    assert "no secure-aggregation epoch in progress" in second.failures["site-1"]
+    third = fed.step(3)
+    assert third.nodes == SITES and not third.failures
+    assert _steps_by_round(transport)[3][0] == "advertise_keys"

@@ -40,5 +40,6 @@ def test_secagg_plus_simulation_matches_the_plain_one(eight_sites):
         "neighbours": 4,
         "clip": 1000.0,
         "frac_bits": 16,
+        "rekey_every": 10,
     }
     assert [r["nodes"] for r in b["rounds"]] == [8, 8, 8]

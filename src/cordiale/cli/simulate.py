@@ -14,7 +14,7 @@ from rich.table import Table
 
 from cordiale.cli.subgroups import parse_subgroups, subgroup_table
 from cordiale.core.errors import ConfigError
-from cordiale.crypto.fixedpoint import DEFAULT_CLIP
+from cordiale.crypto.fixedpoint import DEFAULT_CLIP, DEFAULT_REKEY_EVERY
 
 if TYPE_CHECKING:
     from cordiale.learn.federation import RoundRecord
@@ -167,6 +167,13 @@ def simulate_command(
             help=f"Secure aggregation: clip each element of n*update to ±CLIP [{DEFAULT_CLIP:g}]."
         ),
     ] = None,
+    secagg_rekey_every: Annotated[
+        int | None,
+        typer.Option(
+            help="Secure aggregation: rounds one set of keys serves at most; 1 = fresh keys "
+            f"every round [{DEFAULT_REKEY_EVERY}]."
+        ),
+    ] = None,
     dp: Annotated[
         str | None,
         typer.Option(help="Differential privacy: 'client' (DP-FedAvg) or 'sample' (DP-SGD)."),
@@ -217,10 +224,17 @@ def simulate_command(
             threshold=secagg_threshold,
             degree=secagg_neighbours,
             clip=DEFAULT_CLIP if secagg_clip is None else secagg_clip,
+            rekey_every=DEFAULT_REKEY_EVERY if secagg_rekey_every is None else secagg_rekey_every,
         )
-    elif (secagg_threshold, secagg_neighbours, secagg_clip) != (None, None, None):
+    elif (secagg_threshold, secagg_neighbours, secagg_clip, secagg_rekey_every) != (
+        None,
+        None,
+        None,
+        None,
+    ):
         raise ConfigError(
-            "--secagg-threshold, --secagg-neighbours and --secagg-clip need --secure-aggregation"
+            "--secagg-threshold, --secagg-neighbours, --secagg-clip and --secagg-rekey-every "
+            "need --secure-aggregation"
         )
     dp_settings = None
     if dp is not None:

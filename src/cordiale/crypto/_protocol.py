@@ -1,20 +1,22 @@
 """Derivations shared by the secure-aggregation client and server (hand-written, private).
 
-Every key, associated data and commitment is bound to a domain label, the round id and the
-(ordered) client ids through an unambiguous length-prefixed encoding (:func:`pack`), so no value
+Every key, associated data and commitment is bound to a domain label, the epoch or round id and
+the (ordered) client ids through an unambiguous length-prefixed encoding (:func:`pack`), so no value
 of one round, stage or pair of clients can be replayed as another.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import hmac
 import struct
 
 import numpy as np
 
 from cordiale.core.errors import CryptoError
 
-from .prg import expand_mask
+from .prg import SEED_BYTES, expand_mask
 from .primitives import KeyPair, agree
 
 _DOMAIN = b"cordiale/secagg/v1"
@@ -46,28 +48,64 @@ def unpack(data: bytes, count: int) -> list[bytes]:
 
 
 def context(label: str, round_id: int, *client_ids: str) -> bytes:
-    """An unambiguous context string for HKDF info, AES-GCM associated data and hashes."""
-    return pack(_DOMAIN, label.encode(), str(round_id).encode(), *(c.encode() for c in client_ids))
+    """An unambiguous context string for HKDF info, AES-GCM associated data and hashes:
+    ``pack(domain, label, str(round_id), *client_ids)``, its parts encoded once and kept."""
+    return _label(label) + _field(str(round_id)) + b"".join(map(_field, client_ids))
 
 
-def encryption_key(own: KeyPair, peer_public: bytes, round_id: int, a: str, b: str) -> bytes:
-    """The symmetric AES-GCM key of clients ``a`` and ``b`` (same from both sides)."""
-    return agree(own, peer_public, context("enc-key", round_id, *sorted((a, b))))
+@functools.lru_cache(maxsize=64)
+def _label(label: str) -> bytes:
+    return pack(_DOMAIN, label.encode())
+
+
+@functools.lru_cache(maxsize=1 << 14)
+def _field(text: str) -> bytes:
+    return pack(text.encode())
+
+
+def channel_key(own: KeyPair, peer_public: bytes, epoch_id: int, a: str, b: str) -> bytes:
+    """The AES-GCM key of clients ``a`` and ``b`` for the epoch (same from both sides)."""
+    return agree(own, peer_public, context("enc-key", epoch_id, *sorted((a, b))))
+
+
+def pair_key(own: KeyPair, peer_public: bytes, epoch_id: int, a: str, b: str) -> bytes:
+    """The epoch's pairwise mask key of ``a`` and ``b``; never revealed, only its round seeds."""
+    return agree(own, peer_public, context("mask-key", epoch_id, *sorted((a, b))))
+
+
+def round_seed(key: bytes, round_id: int, a: str, b: str) -> bytes:
+    """The pairwise mask seed of ``a`` and ``b`` for one round: HMAC-SHA256 (a PRF) of the
+    epoch's pair key, so revealing it tells nothing of any other round's seed."""
+    return hmac.digest(key, context("round-seed", round_id, *sorted((a, b))), "sha256")
+
+
+def seed_commitment(round_id: int, a: str, b: str, seed: bytes) -> bytes:
+    """SHA-256 commitment to a round seed of ``a`` and ``b`` (both ends compute the same)."""
+    return hashlib.sha256(context("seed-commitment", round_id, *sorted((a, b))) + seed).digest()
 
 
 def share_associated_data(round_id: int, sender: str, receiver: str) -> bytes:
-    """AES-GCM associated data of a stage-1 share ciphertext: binds round, stage and route."""
+    """AES-GCM associated data of a share ciphertext: binds the round and the route."""
     return context("shares", round_id, sender, receiver)
 
 
-def mask_seed(own: KeyPair, peer_public: bytes, round_id: int, a: str, b: str) -> bytes:
-    """The pairwise mask seed s_ab of clients ``a`` and ``b`` (same from both sides)."""
-    return agree(own, peer_public, context("mask-seed", round_id, *sorted((a, b))))
+def sealed_seeds_associated_data(round_id: int, owner: str) -> bytes:
+    """AES-GCM associated data of a package's sealed round seeds: binds the round and owner."""
+    return context("sealed-seeds", round_id, owner)
 
 
 def self_mask_commitment(round_id: int, owner: str, seed: bytes) -> bytes:
     """SHA-256 commitment to a self-mask seed (hiding: the seed is 256 random bits)."""
     return hashlib.sha256(context("self-mask", round_id, owner) + seed).digest()
+
+
+def split_round_seeds(raw: bytes, peers: tuple[str, ...]) -> dict[str, bytes]:
+    """The pairwise round seeds of opened sealed seeds, by peer (``peers`` sorted)."""
+    if len(raw) != SEED_BYTES * len(peers):
+        raise CryptoError(
+            f"the sealed seeds hold {len(raw)} bytes, expected {SEED_BYTES * len(peers)}"
+        )
+    return {v: raw[i * SEED_BYTES : (i + 1) * SEED_BYTES] for i, v in enumerate(peers)}
 
 
 def add_pairwise_mask(

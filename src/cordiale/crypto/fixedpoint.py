@@ -41,6 +41,7 @@ from .prg import ring_dtype
 __all__ = [
     "DEFAULT_CLIP",
     "DEFAULT_FRAC_BITS",
+    "DEFAULT_REKEY_EVERY",
     "FixedPointCodec",
     "choose_bits",
     "decode_weighted",
@@ -51,6 +52,9 @@ DEFAULT_CLIP = 1000.0
 """Default bound on ``|n * delta|`` per element of a secure-aggregation update."""
 DEFAULT_FRAC_BITS = 16
 """Default fractional bits of the fixed-point encoding (resolution ``2^-16``)."""
+DEFAULT_REKEY_EVERY = 10
+"""Default number of rounds one secure-aggregation key epoch serves (kept here, with the other
+secure-aggregation defaults, so that the CLI reads them without loading the protocol)."""
 
 _MAX_SCALED = 2**52
 """Largest |c * 2^f| accepted: float64 then represents every quantised value exactly."""

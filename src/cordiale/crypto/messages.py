@@ -7,12 +7,19 @@ safetensors) can carry them without pickle. Constructors validate field types an
 :class:`~cordiale.core.errors.WireError` for malformed content; lists are accepted and stored as
 tuples, arrays are copied and made read-only.
 
-The four stages (Bonawitz et al. 2017; SecAgg+ of Bell et al. 2020)::
+The stages (Bonawitz et al. 2017; SecAgg+ of Bell et al. 2020; keys kept for an *epoch* of
+rounds, see :mod:`cordiale.crypto.secagg_client`). Stages 0-1 run once per epoch, stages 2-4
+once per round; stage 4 only when a survivor of stage 2 did not answer stage 3::
 
     stage 0 ADVERTISE_KEYS  server -> AdvertiseKeysRequest  -> client -> KeyAdvertisement
     stage 1 SHARE_KEYS      server -> ShareKeysRequest      -> client -> ShareKeysResponse
     stage 2 MASKED_INPUT    server -> MaskedInputRequest    -> client -> MaskedInputResponse
     stage 3 UNMASK          server -> UnmaskRequest         -> client -> UnmaskResponse
+    stage 4 RECOVER         server -> RecoverRequest        -> client -> RecoverResponse
+
+A :class:`SharePackage` (the reply of stage 1, and part of every stage-2 reply) carries one
+round's secrets of its sender, Shamir-shared and encrypted for each neighbour, with hash
+commitments the server checks what is later revealed against.
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ from __future__ import annotations
 import enum
 import functools
 from dataclasses import dataclass, field, fields
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 
@@ -36,9 +43,12 @@ __all__ = [
     "KeyAdvertisement",
     "MaskedInputRequest",
     "MaskedInputResponse",
+    "RecoverRequest",
+    "RecoverResponse",
     "SecAggConfig",
     "ShareKeysRequest",
     "ShareKeysResponse",
+    "SharePackage",
     "Stage",
     "UnmaskRequest",
     "UnmaskResponse",
@@ -52,11 +62,16 @@ class Stage(enum.IntEnum):
     SHARE_KEYS = 1
     MASKED_INPUT = 2
     UNMASK = 3
+    RECOVER = 4
 
 
 @dataclass(frozen=True)
 class SecAggConfig:
-    """Public parameters of one secure-aggregation round, identical at server and clients.
+    """Public parameters of one secure-aggregation epoch, identical at server and clients.
+
+    ``epoch_id`` names the epoch (the driver uses the number of its first round); keys, graph
+    and the clients' share positions are fixed for the epoch, the clients of a round are a
+    subset of ``client_ids``.
 
     ``threshold`` (t) is counted within each client's *closed* neighbourhood (the client and
     its neighbours): the secrets of a client can be reconstructed from any t members of it.
@@ -66,7 +81,7 @@ class SecAggConfig:
     ``bits`` is the ring width (32 or 64) and ``vector_length`` the number of ring words.
     """
 
-    round_id: int
+    epoch_id: int
     client_ids: tuple[str, ...]
     threshold: int
     vector_length: int
@@ -78,7 +93,7 @@ class SecAggConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "client_ids", tuple(sorted(self.client_ids)))
-        for name in ("round_id", "threshold", "vector_length"):
+        for name in ("epoch_id", "threshold", "vector_length"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise CryptoError(f"{name} is a non-negative integer, got {value!r}")
@@ -115,7 +130,7 @@ class SecAggConfig:
         try:
             return self._graph[client_id]
         except KeyError:
-            raise CryptoError(f"{client_id!r} is not a client of this round") from None
+            raise CryptoError(f"{client_id!r} is not a client of this epoch") from None
 
     def share_index(self, owner: str, holder: str) -> int:
         """The Shamir index (1-based) of the share of ``owner``'s secrets held by ``holder``."""
@@ -175,7 +190,7 @@ def _check_field(owner: str, f: Any, value: Any) -> Any:
 
 @dataclass(frozen=True)
 class AdvertiseKeysRequest(_Message):
-    """Stage 0, server to client: start the round."""
+    """Stage 0, server to client: start the epoch (``round_id`` is the epoch id)."""
 
     stage: ClassVar[Stage] = Stage.ADVERTISE_KEYS
     round_id: int
@@ -185,7 +200,7 @@ class AdvertiseKeysRequest(_Message):
 @dataclass(frozen=True)
 class KeyAdvertisement(_Message):
     """Stage 0, client to server: the client's two X25519 public keys (c for encryption, s for
-    masks)."""
+    masks), kept for the epoch."""
 
     stage: ClassVar[Stage] = Stage.ADVERTISE_KEYS
     round_id: int
@@ -196,7 +211,8 @@ class KeyAdvertisement(_Message):
 
 @dataclass(frozen=True)
 class ShareKeysRequest(_Message):
-    """Stage 1, server to client: the keys of the receiver and of its neighbours still alive."""
+    """Stage 1, server to client: the keys of the receiver and of its neighbours still alive.
+    The client answers with its share package for the epoch's first round, ``round_id``."""
 
     stage: ClassVar[Stage] = Stage.SHARE_KEYS
     _parallel: ClassVar[tuple[tuple[str, ...], ...]] = (
@@ -210,22 +226,41 @@ class ShareKeysRequest(_Message):
 
 
 @dataclass(frozen=True)
-class ShareKeysResponse(_Message):
-    """Stage 1, client to server: one AES-GCM ciphertext of shares per neighbour, and a hash
-    commitment to the self-mask seed (checked by the server after reconstruction)."""
+class SharePackage(_Message):
+    """A client's secrets for round ``shares_round``, for its neighbours.
+
+    ``sealed_seeds`` holds the round's pairwise seeds (one per receiver, in order), encrypted
+    with AES-GCM under a fresh 32-byte *seal key*; ``ciphertexts[i]`` (AES-GCM under the pair's
+    channel key) holds ``receivers[i]``'s Shamir share of the self-mask seed and the seal key
+    (sharing a short key instead of the seeds keeps the shares small for any degree).
+    ``self_mask_commitment`` and ``seed_commitments[i]`` are SHA-256 commitments to the
+    self-mask seed and to the pairwise seed shared with ``receivers[i]`` (both ends of a pair
+    commit to the same value).
+    """
 
     stage: ClassVar[Stage] = Stage.SHARE_KEYS
-    _parallel: ClassVar[tuple[tuple[str, ...], ...]] = (("receivers", "ciphertexts"),)
+    _parallel: ClassVar[tuple[tuple[str, ...], ...]] = (
+        ("receivers", "ciphertexts", "seed_commitments"),
+    )
     round_id: int
     sender: str
+    shares_round: int
     receivers: tuple[str, ...]
     ciphertexts: tuple[bytes, ...]
     self_mask_commitment: bytes
+    seed_commitments: tuple[bytes, ...]
+    sealed_seeds: bytes
+
+
+@dataclass(frozen=True)
+class ShareKeysResponse(SharePackage):
+    """Stage 1, client to server: the share package for the epoch's first round."""
 
 
 @dataclass(frozen=True)
 class MaskedInputRequest(_Message):
-    """Stage 2, server to client: the ciphertexts addressed to the receiver, relayed as is."""
+    """Stage 2, server to client: the round's share ciphertexts addressed to the receiver,
+    relayed as is, and the round (``next_round``) its next share package is for."""
 
     stage: ClassVar[Stage] = Stage.MASKED_INPUT
     _parallel: ClassVar[tuple[tuple[str, ...], ...]] = (("senders", "receivers", "ciphertexts"),)
@@ -234,22 +269,23 @@ class MaskedInputRequest(_Message):
     senders: tuple[str, ...]
     receivers: tuple[str, ...]
     ciphertexts: tuple[bytes, ...]
+    next_round: int
 
 
 @dataclass(frozen=True, eq=False)
-class MaskedInputResponse(_Message):
-    """Stage 2, client to server: the masked input ``y_u`` (ring words)."""
+class MaskedInputResponse(SharePackage):
+    """Stage 2, client to server: the masked input ``y_u`` (ring words) and the client's share
+    package for the next round (``shares_round``)."""
 
     stage: ClassVar[Stage] = Stage.MASKED_INPUT
-    round_id: int
-    sender: str
     masked: np.ndarray
 
 
 @dataclass(frozen=True)
 class UnmaskRequest(_Message):
-    """Stage 3, server to client: which of the receiver's neighbours survived stage 2 (reveal
-    their self-mask shares) and which dropped (reveal their mask-key shares)."""
+    """Stage 3, server to client: which of the nodes it masked with survived stage 2 (the
+    receiver reveals its own self-mask seed) and which dropped (it reveals its pairwise seeds
+    with them)."""
 
     stage: ClassVar[Stage] = Stage.UNMASK
     round_id: int
@@ -260,19 +296,47 @@ class UnmaskRequest(_Message):
 
 @dataclass(frozen=True)
 class UnmaskResponse(_Message):
-    """Stage 3, client to server: encoded Shamir shares (see ``Share.to_bytes``)."""
+    """Stage 3, client to server: its own self-mask seed and its round seed with each dropped
+    node of the request (``seed_peers``, ``pair_seeds`` parallel)."""
 
     stage: ClassVar[Stage] = Stage.UNMASK
+    _parallel: ClassVar[tuple[tuple[str, ...], ...]] = (("seed_peers", "pair_seeds"),)
+    round_id: int
+    sender: str
+    self_mask_seed: bytes
+    seed_peers: tuple[str, ...]
+    pair_seeds: tuple[bytes, ...]
+
+
+@dataclass(frozen=True)
+class RecoverRequest(_Message):
+    """Stage 4, server to client: survivors that did not answer stage 3 (reveal the share of
+    their self-mask seed) and dropped nodes whose round seeds are needed (``seed_owners``: reveal
+    the share of their seal key, which opens the round seeds sealed in their package)."""
+
+    stage: ClassVar[Stage] = Stage.RECOVER
+    round_id: int
+    receiver: str
+    self_mask_owners: tuple[str, ...]
+    seed_owners: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class RecoverResponse(_Message):
+    """Stage 4, client to server: encoded Shamir shares (see ``Share.to_bytes``) of self-mask
+    seeds and, in ``seed_shares``, of seal keys."""
+
+    stage: ClassVar[Stage] = Stage.RECOVER
     _parallel: ClassVar[tuple[tuple[str, ...], ...]] = (
         ("self_mask_owners", "self_mask_shares"),
-        ("key_owners", "key_shares"),
+        ("seed_owners", "seed_shares"),
     )
     round_id: int
     sender: str
     self_mask_owners: tuple[str, ...]
     self_mask_shares: tuple[bytes, ...]
-    key_owners: tuple[str, ...]
-    key_shares: tuple[bytes, ...]
+    seed_owners: tuple[str, ...]
+    seed_shares: tuple[bytes, ...]
 
 
 @dataclass(frozen=True, eq=False)
@@ -284,13 +348,24 @@ class AggregateResult:
     survivors: tuple[str, ...]
 
 
+ClientReply = TypeVar(
+    "ClientReply",
+    KeyAdvertisement,
+    ShareKeysResponse,
+    MaskedInputResponse,
+    UnmaskResponse,
+    RecoverResponse,
+)
+"""Any client reply (for the typing of the state machines)."""
+
+
 @functools.lru_cache(maxsize=32)
 def _topology(
     client_ids: tuple[str, ...], degree: int, seed: bytes
 ) -> tuple[dict[str, frozenset[str]], dict[str, dict[str, int]]]:
-    """The round's graph and each neighbourhood's share positions, computed once per process.
+    """The epoch's graph and each neighbourhood's share positions, computed once per process.
 
-    A deployed node builds them once per round; in a simulation, hundreds of nodes share a
+    A deployed node builds them once per epoch; in a simulation, hundreds of nodes share a
     process and would otherwise each rebuild the whole graph. Callers only read the result.
     """
     graph = neighbour_graph(client_ids, degree, seed)

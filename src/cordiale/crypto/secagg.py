@@ -5,12 +5,15 @@ Hand-written protocol; primitives from ``cryptography``. The state machines live
 the public configuration in :mod:`cordiale.crypto.messages`. This module re-exports them and
 adds two pure, in-process drivers used by the tests and the simulation:
 
-* :func:`run_protocol` runs one round on ring vectors (uint32/uint64 words);
-* :func:`run_secagg_round` encodes float vectors with :class:`FixedPointCodec`, runs the round
+* :func:`run_rounds` runs an epoch of rounds on ring vectors (uint32/uint64 words), and
+  :func:`run_protocol` an epoch of one round;
+* :func:`run_secagg_round` encodes float vectors with :class:`FixedPointCodec`, runs one round
   and decodes the sum of the survivors' inputs.
 
 ``drop_at`` maps a :class:`Stage` (or its number) to the clients that drop *at* that stage:
-they receive the stage's request but never reply, and are gone for the rest of the round.
+they receive the stage's request but never reply, and are gone for the rest of the round (a
+client that dropped at stage 3 or 4 still sent its next share package and may take part in the
+next round; one that dropped earlier holds no package and is left out of the epoch).
 
 **Weighted averages.** Pass ``weights`` (non-negative integers) to :func:`run_secagg_round`
 together with inputs that are already ``weight * update``: each client's ring vector is its
@@ -22,7 +25,7 @@ The clip bound applies to the weighted update ``w_u x_u``.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -44,6 +47,7 @@ __all__ = [
     "Stage",
     "default_threshold",
     "run_protocol",
+    "run_rounds",
     "run_secagg_round",
 ]
 
@@ -84,34 +88,68 @@ def run_protocol(
     vectors: Mapping[str, np.ndarray],
     drop_at: DropSchedule | None = None,
 ) -> AggregateResult:
-    """Run one round in-process on ring vectors; returns the server's :class:`AggregateResult`.
+    """Run an epoch of one round (number ``config.epoch_id``) in-process; returns the server's
+    :class:`AggregateResult`.
 
     ``vectors`` holds one 1-D ``config.dtype`` array of ``config.vector_length`` words per
     client of ``config.client_ids``. Raises SecAggAbort when the dropouts leave too few clients.
     """
-    if set(vectors) != set(config.client_ids):
-        raise ConfigError("run_protocol needs exactly one vector per client of the config")
-    drops = _drop_schedule(drop_at, config.client_ids)
+    return run_rounds(config, [vectors], [drop_at])[0]
+
+
+def run_rounds(
+    config: SecAggConfig,
+    rounds: Sequence[Mapping[str, np.ndarray]],
+    drop_at: Sequence[DropSchedule | None] | None = None,
+) -> list[AggregateResult]:
+    """Run one epoch: key set-up once, then one round per item of ``rounds`` (numbered from
+    ``config.epoch_id``), each over the clients ready for it; ``drop_at[i]`` is round i's
+    schedule (stages 0 and 1 count in round 0 only).
+
+    Each item of ``rounds`` holds a vector for (at least) every client that takes part.
+    """
+    for vectors in rounds:
+        if not set(vectors) <= set(config.client_ids):
+            raise ConfigError("run_rounds: vectors name clients that are not in the config")
+    if not rounds or set(rounds[0]) != set(config.client_ids):
+        raise ConfigError("the first round needs exactly one vector per client of the config")
+    schedules = list(drop_at or [None] * len(rounds))
+    if len(schedules) != len(rounds):
+        raise ConfigError("drop_at needs one schedule per round")
     clients = {c: SecAggClient(c, config) for c in config.client_ids}
     server = SecAggServer(config)
-    gone: set[str] = set()
-
-    def live(stage: Stage, requests: Mapping[str, _Request]) -> list[tuple[str, _Request]]:
-        gone.update(drops[stage])
-        return [(c, r) for c, r in requests.items() if c not in gone]
-
+    drops = _drop_schedule(schedules[0], config.client_ids)
     adverts = [
-        clients[c].advertise_keys(r) for c, r in live(Stage.ADVERTISE_KEYS, server.advertise_keys())
+        clients[c].advertise_keys(r)
+        for c, r in _live(server.advertise_keys(), drops[Stage.ADVERTISE_KEYS])
     ]
     shares = [
-        clients[c].share_keys(r) for c, r in live(Stage.SHARE_KEYS, server.share_keys(adverts))
+        clients[c].share_keys(r)
+        for c, r in _live(server.share_keys(adverts), drops[Stage.SHARE_KEYS])
     ]
-    masked = [
-        clients[c].masked_input(r, vectors[c])
-        for c, r in live(Stage.MASKED_INPUT, server.masked_input(shares))
-    ]
-    unmasked = [clients[c].unmask(r) for c, r in live(Stage.UNMASK, server.unmask(masked))]
-    return server.aggregate(unmasked)
+    server.collect_shares(shares)
+    results = []
+    for i, (vectors, schedule) in enumerate(zip(rounds, schedules, strict=True)):
+        drops = _drop_schedule(schedule, config.client_ids) if i else drops
+        round_id = config.epoch_id + i
+        members = server.ready(round_id) & set(vectors)
+        masked = [
+            clients[c].masked_input(r, vectors[c])
+            for c, r in _live(server.masked_input(round_id, members), drops[Stage.MASKED_INPUT])
+        ]
+        unmasked = [
+            clients[c].unmask(r) for c, r in _live(server.unmask(masked), drops[Stage.UNMASK])
+        ]
+        recovered = [
+            clients[c].recover(r) for c, r in _live(server.recover(unmasked), drops[Stage.RECOVER])
+        ]
+        results.append(server.aggregate(recovered))
+    return results
+
+
+def _live(requests: Mapping[str, _Request], dropped: Collection[str]) -> list[tuple[str, _Request]]:
+    """The requests of the clients that answer (the others drop at this stage)."""
+    return [(c, r) for c, r in requests.items() if c not in dropped]
 
 
 def run_secagg_round(
@@ -154,7 +192,7 @@ def run_secagg_round(
         words = {c: encode_weighted(codec, inputs[c], weights[c], rng=rng) for c in ids}
     k = len(ids) - 1 if degree is None else min(degree, len(ids) - 1)
     config = SecAggConfig(
-        round_id=round_id,
+        epoch_id=round_id,
         client_ids=tuple(ids),
         threshold=threshold if threshold is not None else default_threshold(k + 1),
         vector_length=int(np.prod(shape, dtype=np.int64)) + (weights is not None),
@@ -184,7 +222,7 @@ def _drop_schedule(
         try:
             key = Stage(stage)
         except ValueError:
-            raise ConfigError(f"drop_at names stage {stage!r}; stages are 0..3") from None
+            raise ConfigError(f"drop_at names stage {stage!r}; stages are 0..4") from None
         unknown = sorted(set(dropped) - set(client_ids))
         if unknown:
             raise ConfigError(f"drop_at names unknown clients {unknown}")

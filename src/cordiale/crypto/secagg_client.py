@@ -1,54 +1,73 @@
-"""The honest client of Cordiale's secure aggregation (Bonawitz et al. 2017 with SecAgg+).
+"""The honest client of Cordiale's secure aggregation (Bonawitz et al. 2017 with SecAgg+, keys kept
+for an epoch of rounds).
 
 Hand-written, pure and I/O-free: :class:`SecAggClient` consumes one server request per stage
 and returns its reply; a transport carries the messages. Cryptographic primitives come from
 ``cryptography`` via :mod:`cordiale.crypto.primitives`.
 
-What the client does:
+**Epochs.** Key agreement is the expensive part of the protocol (two X25519 exchanges per
+neighbour), so it runs once per *epoch* (stages 0-1) and each round of the epoch (stages 2-4)
+reuses its results. What makes the reuse safe is that no long-term secret is ever revealed:
 
-* stage 0: generates two X25519 key pairs (c: encryption, s: masks) and a 32-byte self-mask
-  seed ``b_u``;
-* stage 1: Shamir-shares ``b_u`` and the 32-byte private key ``s_u^SK`` (t of its closed
-  neighbourhood) and encrypts each neighbour's pair of shares with AES-GCM under the pairwise
-  c-key, the associated data binding round, stage, sender and receiver;
-* stage 2: ``y_u = x_u + PRG(b_u) + sum_v ±PRG(s_uv) mod 2^bits`` over the neighbours ``v``
-  whose share ciphertexts it accepted (``V_u``);
-* stage 3: reveals the ``b``-share of each survivor and the ``s_sk``-share of each dropped
-  neighbour.
+* stage 0 (once): two X25519 key pairs (c: channels, s: masks);
+* stage 1 (once): checks the broadcast key list, derives one AES-GCM channel key and one pair
+  key ``K_uv`` per neighbour, and sends its *share package* for the epoch's first round;
+* a share package for round r: a fresh 32-byte self-mask seed ``b_u`` and the round's pairwise
+  seeds ``s_uv,r = HMAC-SHA256(K_uv, r)`` (a PRF: one round's seed tells nothing about
+  another's), sealed with AES-GCM under a fresh *seal key* ``e_u``; ``b_u`` and ``e_u`` are
+  Shamir-shared (t of its closed neighbourhood) and encrypted for each neighbour, with SHA-256
+  commitments to ``b_u`` and to each ``s_uv,r``;
+* stage 2 (each round): ``y_u = x_u + PRG(b_u) + sum_v ±PRG(s_uv,r) mod 2^bits`` over the
+  neighbours ``v`` whose round shares it accepted (``V_u``), sent with its package for the
+  next round;
+* stage 3: reveals its *own* ``b_u`` and its round seed ``s_uv,r`` with each dropped ``v`` (the
+  hub needs exactly these; ``v``'s input is not in the sum);
+* stage 4 (only if a survivor did not answer stage 3): the Shamir shares it holds of that
+  survivor's ``b`` and of dropped nodes' seal keys (which open their sealed round seeds).
+
+This departs from the original protocol, where a dropped node's mask *key* is reconstructed: with
+keys kept over rounds, that would hand the server the node's masks of every earlier round, whose
+self-masks it already knows. Sharing the round's seeds instead bounds every reveal to one round
+(the multi-round setting of Flamingo, Ma et al., S&P 2023).
 
 The checks. A request in the wrong place raises :class:`~cordiale.core.errors.ProtocolError`
 and is simply refused (the client's state is unchanged); a failed check inside a stage raises
-:class:`~cordiale.core.errors.SecAggAbort` and aborts the client for the round (it answers
+:class:`~cordiale.core.errors.SecAggAbort` and aborts the client for the epoch (it answers
 nothing more):
 
-* every request: the expected stage (a stage out of order or a second time, i.e. a replay, is
-  refused), this round, this receiver;
+* every request: a stage it expects now (a replayed stage or a stage out of order is refused),
+  the expected epoch or round, this receiver;
 * stage 1: its own public keys echoed exactly; every listed client is a neighbour on the public
   graph and listed once; all listed public keys are distinct; at least ``t`` members of its
   closed neighbourhood are listed;
-* stage 2: each ciphertext is addressed to this client, comes from a listed neighbour, at most
-  one per sender, authenticates, and its plaintext names the same sender and receiver and
-  holds shares with the expected Shamir indices; at least ``t`` members of its closed
+* stage 2: the round is the one its last package was made for (each round is masked once);
+  each ciphertext is addressed to this client, comes from a listed neighbour, at most one per
+  sender, authenticates under this round, and its plaintext names the same sender and receiver
+  and holds a share with the expected Shamir index; at least ``t`` members of its closed
   neighbourhood remain;
-* stage 3, the **consistency check**. Let ``V_u`` be the neighbours whose shares ``u`` accepted
-  in stage 2 (exactly those it masked with), ``S`` the requested survivors and ``D`` the
-  requested dropped nodes. The client answers only if ``S`` and ``D`` are disjoint (it never
-  reveals both shares of one node), ``u`` is in ``S`` (it did send its masked input), ``S ∪ D``
-  is exactly ``V_u ∪ {u}`` (a node it never masked with is never asked about and every node it
-  masked with is accounted for) and ``|S| >= t``. Since stage 3 runs once, no sequence of
-  requests obtains both shares of a node from this client.
+* stage 3, the **consistency check**. Let ``S`` be the requested survivors and ``D`` the
+  dropped nodes. The client answers only if ``S`` and ``D`` are disjoint, ``u`` is in ``S``
+  (it did send its masked input), ``S ∪ D`` is exactly ``V_u ∪ {u}`` and ``|S| >= t``;
+* stage 4: it reveals ``b``-shares only of nodes of ``S`` other than itself and seed shares
+  only of nodes of ``D``, once: no sequence of requests obtains both secrets of one node of a
+  round from this client.
 
 Limitation (documented, not hidden): these checks are per client. A malicious server that shows
 *different* clients contradictory survivor sets (node v survived to some, dropped to others)
 is not detected by any single client; detecting that needs the signed consistency round of
 Bonawitz et al. (malicious model), which this semi-honest-server implementation does not have.
+Because stage 3 reveals a survivor's own self-mask seed and its neighbours' round seeds directly
+(not as shares behind the threshold), such a server can unmask one client's input of that round
+whatever ``t`` is; the original protocol's share-only stage 3 needs ``2t`` holders for the same
+lie. Restoring share-only unmasking is the next step (``docs/design.md``).
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from typing import TypeVar
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -57,9 +76,12 @@ from cordiale.core.errors import CryptoError, ProtocolError, SecAggAbort
 from . import _protocol as proto
 from .messages import (
     AdvertiseKeysRequest,
+    ClientReply,
     KeyAdvertisement,
     MaskedInputRequest,
     MaskedInputResponse,
+    RecoverRequest,
+    RecoverResponse,
     SecAggConfig,
     ShareKeysRequest,
     ShareKeysResponse,
@@ -74,50 +96,89 @@ from .shamir import Share, split_secret
 __all__ = ["SecAggClient"]
 
 _Request = TypeVar(
-    "_Request", AdvertiseKeysRequest, ShareKeysRequest, MaskedInputRequest, UnmaskRequest
+    "_Request",
+    AdvertiseKeysRequest,
+    ShareKeysRequest,
+    MaskedInputRequest,
+    UnmaskRequest,
+    RecoverRequest,
 )
-_Reply = TypeVar("_Reply", KeyAdvertisement, ShareKeysResponse, MaskedInputResponse, UnmaskResponse)
+
+# What the client accepts in each phase of the epoch.
+_EXPECTS: dict[str, tuple[Stage, ...]] = {
+    "new": (Stage.ADVERTISE_KEYS,),
+    "advertised": (Stage.SHARE_KEYS,),
+    "ready": (Stage.MASKED_INPUT,),
+    "masked": (Stage.UNMASK, Stage.MASKED_INPUT),
+    "unmasked": (Stage.RECOVER, Stage.MASKED_INPUT),
+}
+
+
+@dataclass
+class _Secrets:
+    """The client's own secrets for one round: its self-mask seed and pairwise round seeds."""
+
+    round_id: int
+    self_seed: bytes
+    seal_key: bytes
+    seeds: dict[str, bytes]
+
+
+@dataclass
+class _Round:
+    """A round after stage 2: its secrets, the shares it holds (``V_u``), the stage-3 sets."""
+
+    secrets: _Secrets
+    held: dict[str, Share]
+    survivors: frozenset[str] = field(default_factory=frozenset)
+    dropped: frozenset[str] = field(default_factory=frozenset)
 
 
 class SecAggClient:
-    """One client's state machine for one round: call the four stage methods in order."""
+    """One client's state machine for one epoch: stages 0 and 1 once, then 2, 3 (and 4 when
+    asked) for each round."""
 
     def __init__(self, client_id: str, config: SecAggConfig) -> None:
         self.client_id = client_id
         self.config = config
         self._neighbours = config.neighbours(client_id)
-        self._next: Stage | None = Stage.ADVERTISE_KEYS
+        self._phase = "new"
         self._aborted = False
-        self._enc_keys: KeyPair | None = None
-        self._mask_keys: KeyPair | None = None
-        self._self_seed = b""
-        self._peer_keys: dict[str, tuple[bytes, bytes]] = {}
-        self._channel_keys: dict[str, bytes] = {}
-        self._own_shares: tuple[Share, Share] | None = None
-        self._held: dict[str, tuple[Share, Share]] = {}
+        self._keys: tuple[KeyPair, KeyPair] | None = None
+        self._peers: tuple[str, ...] = ()
+        self._channel: dict[str, bytes] = {}
+        self._pair: dict[str, bytes] = {}
+        self._pending: _Secrets | None = None
+        self._round: _Round | None = None
 
     @property
-    def next_stage(self) -> Stage | None:
-        """The stage this client expects next; None when finished or aborted."""
-        return None if self._aborted else self._next
+    def expects(self) -> tuple[Stage, ...]:
+        """The stages this client accepts now; empty once aborted."""
+        return () if self._aborted else _EXPECTS[self._phase]
 
     @property
     def aborted(self) -> bool:
-        """Whether the client refused a request (it then answers nothing more)."""
+        """Whether the client refused a request (it then answers nothing more this epoch)."""
         return self._aborted
+
+    @property
+    def next_round(self) -> int | None:
+        """The round its last share package was made for (the only round it masks next)."""
+        return None if self._pending is None or self._aborted else self._pending.round_id
 
     # -- stages ------------------------------------------------------------------------------
 
     def advertise_keys(self, request: AdvertiseKeysRequest) -> KeyAdvertisement:
-        """Stage 0: generate fresh keys and the self-mask seed; advertise the public keys."""
-        return self._run(request, self._advertise_keys)
+        """Stage 0: generate the epoch's key pairs; advertise the public keys."""
+        return self._run(request, self.config.epoch_id, self._advertise_keys)
 
     def share_keys(self, request: ShareKeysRequest) -> ShareKeysResponse:
-        """Stage 1: check the broadcast key list; send encrypted shares to each neighbour."""
-        return self._run(request, self._share_keys)
+        """Stage 1: check the broadcast key list; send the first round's share package."""
+        return self._run(request, self.config.epoch_id, self._share_keys)
 
     def masked_input(self, request: MaskedInputRequest, vector: np.ndarray) -> MaskedInputResponse:
-        """Stage 2: accept the relayed shares; mask ``vector`` (ring words) and send it.
+        """Stage 2: accept the relayed shares; mask ``vector`` (ring words) and send it with the
+        next round's share package.
 
         ``vector`` must be 1-D with ``config.vector_length`` words of ``config.dtype``; a wrong
         vector raises CryptoError without consuming the stage.
@@ -128,61 +189,73 @@ class SecAggClient:
                 f"the input is {self.config.vector_length} words of {self.config.dtype}, "
                 f"got shape {x.shape} of {x.dtype}"
             )
-        return self._run(request, lambda r: self._masked_input(r, x))
+        expected = self._pending.round_id if self._pending is not None else None
+        return self._run(request, expected, lambda r: self._masked_input(r, x))
 
     def unmask(self, request: UnmaskRequest) -> UnmaskResponse:
-        """Stage 3: after the consistency check, reveal one share per neighbour."""
-        return self._run(request, self._unmask)
+        """Stage 3: after the consistency check, reveal its own self-mask seed and its round
+        seeds with the dropped nodes."""
+        return self._run(request, self._round_id(), self._unmask)
+
+    def recover(self, request: RecoverRequest) -> RecoverResponse:
+        """Stage 4: reveal the shares held of silent survivors and of dropped nodes."""
+        return self._run(request, self._round_id(), self._recover)
 
     # -- machinery ---------------------------------------------------------------------------
 
-    def _run(self, request: _Request, body: Callable[[_Request], _Reply]) -> _Reply:
-        stage = request.stage
+    def _round_id(self) -> int | None:
+        return None if self._round is None else self._round.secrets.round_id
+
+    def _run(
+        self, request: _Request, round_id: int | None, body: Callable[[_Request], ClientReply]
+    ) -> ClientReply:
+        stage, me = request.stage, self.client_id
         if self._aborted:
-            raise ProtocolError(f"client {self.client_id!r} has aborted this round")
-        if self._next is None or stage < self._next:
+            raise ProtocolError(f"client {me!r} has aborted this epoch")
+        expects = _EXPECTS[self._phase]
+        if stage not in expects:
+            names = " or ".join(s.name for s in expects)
             raise ProtocolError(
-                f"client {self.client_id!r}: stage {stage.name} already completed "
-                "(replayed request refused)"
+                f"client {me!r}: stage {stage.name} refused, it expects {names} now "
+                "(a replayed or out-of-order request)"
             )
-        if stage != self._next:
+        if request.round_id != round_id:
             raise ProtocolError(
-                f"client {self.client_id!r}: stage {stage.name} requested out of order, "
-                f"expected {self._next.name}"
+                f"client {me!r}: stage {stage.name} for round {request.round_id}, expected "
+                f"round {round_id} (a replayed or out-of-order request)"
             )
-        if request.round_id != self.config.round_id:
-            raise ProtocolError(
-                f"client {self.client_id!r}: request for round {request.round_id}, "
-                f"this is round {self.config.round_id}"
-            )
-        if request.receiver != self.client_id:
-            raise ProtocolError(
-                f"request for {request.receiver!r} delivered to client {self.client_id!r}"
-            )
+        if request.receiver != me:
+            raise ProtocolError(f"request for {request.receiver!r} delivered to client {me!r}")
         try:
-            reply = body(request)
+            return body(request)
         except (CryptoError, ProtocolError):
-            self._aborted = True
+            self._abort()
             raise
-        self._next = Stage(stage + 1) if stage < Stage.UNMASK else None
-        return reply
 
     def _refuse(self, reason: str) -> SecAggAbort:
         return SecAggAbort(f"client {self.client_id!r} refuses: {reason}")
 
+    def _abort(self) -> None:
+        """Refuse everything from now on and drop every secret."""
+        self._aborted = True
+        self._keys, self._pending, self._round = None, None, None
+        self._channel, self._pair = {}, {}
+
     def _advertise_keys(self, request: AdvertiseKeysRequest) -> KeyAdvertisement:
-        self._enc_keys, self._mask_keys = generate_keypair(), generate_keypair()
-        self._self_seed = os.urandom(SEED_BYTES)
+        enc, mask = generate_keypair(), generate_keypair()
+        self._keys = (enc, mask)
+        self._phase = "advertised"
         return KeyAdvertisement(
             round_id=request.round_id,
             sender=self.client_id,
-            enc_public_key=self._enc_keys.public,
-            mask_public_key=self._mask_keys.public,
+            enc_public_key=enc.public,
+            mask_public_key=mask.public,
         )
 
     def _share_keys(self, request: ShareKeysRequest) -> ShareKeysResponse:
-        assert self._enc_keys is not None and self._mask_keys is not None
-        me, t = self.client_id, self.config.threshold
+        assert self._keys is not None
+        enc, mask = self._keys
+        me, t, epoch = self.client_id, self.config.threshold, self.config.epoch_id
         listed = list(
             zip(request.client_ids, request.enc_public_keys, request.mask_public_keys, strict=True)
         )
@@ -192,7 +265,7 @@ class SecAggClient:
                 f"the key list names {sorted({c for c in ids if ids.count(c) > 1})} more than once"
             )
         own = [(e, m) for c, e, m in listed if c == me]
-        if own != [(self._enc_keys.public, self._mask_keys.public)]:
+        if own != [(enc.public, mask.public)]:
             raise self._refuse("the server did not echo this client's own public keys correctly")
         strangers = sorted(set(ids) - self._neighbours - {me})
         if strangers:
@@ -204,40 +277,57 @@ class SecAggClient:
             raise self._refuse(
                 f"only {len(ids)} clients of its neighbourhood advertised keys, threshold is {t}"
             )
-        self._peer_keys = {c: (e, m) for c, e, m in listed if c != me}
-        b_shares = self._split(self._self_seed)
-        s_shares = self._split(self._mask_keys.private_bytes())
-        self._own_shares = (b_shares[me], s_shares[me])
-        receivers, ciphertexts = [], []
-        for peer in sorted(self._peer_keys):
-            key = proto.encryption_key(
-                self._enc_keys, self._peer_keys[peer][0], request.round_id, me, peer
-            )
-            self._channel_keys[peer] = key
-            plaintext = proto.pack(
-                me.encode(), peer.encode(), b_shares[peer].to_bytes(), s_shares[peer].to_bytes()
-            )
-            ad = proto.share_associated_data(request.round_id, me, peer)
-            receivers.append(peer)
-            ciphertexts.append(encrypt(key, plaintext, ad))
-        return ShareKeysResponse(
-            round_id=request.round_id,
-            sender=me,
-            receivers=tuple(receivers),
-            ciphertexts=tuple(ciphertexts),
-            self_mask_commitment=proto.self_mask_commitment(request.round_id, me, self._self_seed),
-        )
+        peers = {c: (e, m) for c, e, m in listed if c != me}
+        self._peers = tuple(sorted(peers))
+        for peer, (peer_enc, peer_mask) in peers.items():
+            self._channel[peer] = proto.channel_key(enc, peer_enc, epoch, me, peer)
+            self._pair[peer] = proto.pair_key(mask, peer_mask, epoch, me, peer)
+        self._keys = None  # the pairwise keys are all the epoch needs
+        self._pending, package = self._package(epoch)
+        self._phase = "ready"
+        return ShareKeysResponse(round_id=epoch, sender=me, **package)
 
-    def _split(self, secret: bytes) -> dict[str, Share]:
-        """Shares of ``secret`` for every member of the closed neighbourhood, by holder."""
-        holders = sorted(self._neighbours | {self.client_id})
-        shares = split_secret(secret, self.config.threshold, len(holders))
-        return {h: shares[self.config.share_index(self.client_id, h) - 1] for h in holders}
+    def _package(self, round_id: int) -> tuple[_Secrets, dict[str, Any]]:
+        """Fresh secrets for ``round_id`` and the share package that carries them."""
+        me = self.client_id
+        secrets = _Secrets(
+            round_id,
+            os.urandom(SEED_BYTES),
+            os.urandom(SEED_BYTES),
+            {v: proto.round_seed(self._pair[v], round_id, me, v) for v in self._peers},
+        )
+        sealed = encrypt(
+            secrets.seal_key,
+            b"".join(secrets.seeds[v] for v in self._peers),
+            proto.sealed_seeds_associated_data(round_id, me),
+        )
+        holders = self._neighbours | {me}
+        shares = split_secret(
+            secrets.self_seed + secrets.seal_key, self.config.threshold, len(holders)
+        )
+        ciphertexts = []
+        for v in self._peers:
+            share = shares[self.config.share_index(me, v) - 1]
+            plaintext = proto.pack(me.encode(), v.encode(), share.to_bytes())
+            ad = proto.share_associated_data(round_id, me, v)
+            ciphertexts.append(encrypt(self._channel[v], plaintext, ad))
+        return secrets, {
+            "shares_round": round_id,
+            "receivers": self._peers,
+            "ciphertexts": tuple(ciphertexts),
+            "self_mask_commitment": proto.self_mask_commitment(round_id, me, secrets.self_seed),
+            "seed_commitments": tuple(
+                proto.seed_commitment(round_id, me, v, secrets.seeds[v]) for v in self._peers
+            ),
+            "sealed_seeds": sealed,
+        }
 
     def _masked_input(self, request: MaskedInputRequest, x: np.ndarray) -> MaskedInputResponse:
-        assert self._mask_keys is not None
-        me, t = self.client_id, self.config.threshold
-        held: dict[str, tuple[Share, Share]] = {}
+        assert self._pending is not None
+        me, t, r = self.client_id, self.config.threshold, request.round_id
+        if request.next_round <= r:
+            raise self._refuse(f"the next round {request.next_round} does not follow round {r}")
+        held: dict[str, Share] = {}
         for sender, receiver, ciphertext in zip(
             request.senders, request.receivers, request.ciphertexts, strict=True
         ):
@@ -245,44 +335,48 @@ class SecAggClient:
                 raise self._refuse(
                     f"a ciphertext from {sender!r} addressed to {receiver!r} was routed to it"
                 )
-            if sender not in self._peer_keys:
+            if sender not in self._channel:
                 raise self._refuse(f"a ciphertext comes from {sender!r}, not a listed neighbour")
             if sender in held:
                 raise self._refuse(f"two ciphertexts come from {sender!r}")
-            held[sender] = self._open(request.round_id, sender, ciphertext)
+            held[sender] = self._open(r, sender, ciphertext)
         if len(held) + 1 < t:
             raise self._refuse(
                 f"only {len(held) + 1} clients of its neighbourhood shared keys, threshold is {t}"
             )
-        self._held = held
+        secrets = self._pending
         masked = x.copy()
-        masked += expand_mask(self._self_seed, masked.size, self.config.bits)
+        masked += expand_mask(secrets.self_seed, masked.size, self.config.bits)
         for peer in sorted(held):
-            seed = proto.mask_seed(
-                self._mask_keys, self._peer_keys[peer][1], request.round_id, me, peer
-            )
-            proto.add_pairwise_mask(masked, seed, me, peer)
-        return MaskedInputResponse(round_id=request.round_id, sender=me, masked=masked)
+            proto.add_pairwise_mask(masked, secrets.seeds[peer], me, peer)
+        self._round = _Round(secrets, held)
+        self._pending, package = self._package(request.next_round)
+        self._phase = "masked"
+        return MaskedInputResponse(round_id=r, sender=me, masked=masked, **package)
 
-    def _open(self, round_id: int, sender: str, ciphertext: bytes) -> tuple[Share, Share]:
-        """Decrypt and check one neighbour's pair of shares (self-mask share, key share)."""
+    def _open(self, round_id: int, sender: str, ciphertext: bytes) -> Share:
+        """Decrypt and check one neighbour's share of its round secrets."""
         me = self.client_id
         ad = proto.share_associated_data(round_id, sender, me)
         try:
-            plaintext = decrypt(self._channel_keys[sender], ciphertext, ad)
-            named_sender, named_receiver, b_raw, s_raw = proto.unpack(plaintext, 4)
-            shares = (Share.from_bytes(b_raw), Share.from_bytes(s_raw))
+            plaintext = decrypt(self._channel[sender], ciphertext, ad)
+            named_sender, named_receiver, raw = proto.unpack(plaintext, 3)
+            share = Share.from_bytes(raw)
         except CryptoError as exc:
             raise self._refuse(f"the ciphertext from {sender!r} is invalid: {exc}") from None
         if (named_sender, named_receiver) != (sender.encode(), me.encode()):
             raise self._refuse(f"the ciphertext from {sender!r} names another sender or receiver")
         expected = self.config.share_index(sender, me)
-        if any(s.index != expected for s in shares):
-            raise self._refuse(f"the shares from {sender!r} do not carry index {expected}")
-        return shares
+        if share.index != expected:
+            raise self._refuse(f"the share from {sender!r} does not carry index {expected}")
+        if len(share.value) != 2 * SEED_BYTES:
+            raise self._refuse(
+                f"the share from {sender!r} has {len(share.value)} bytes, not {2 * SEED_BYTES}"
+            )
+        return share
 
     def _unmask(self, request: UnmaskRequest) -> UnmaskResponse:
-        assert self._own_shares is not None
+        assert self._round is not None
         me, t = self.client_id, self.config.threshold
         survivors, dropped = set(request.survivors), set(request.dropped)
         if len(survivors) != len(request.survivors) or len(dropped) != len(request.dropped):
@@ -290,15 +384,15 @@ class SecAggClient:
         both = sorted(survivors & dropped)
         if both:
             raise self._refuse(
-                f"consistency check failed: the server asks for both the self-mask share and the "
-                f"mask-key share of {both}"
+                f"consistency check failed: the server lists {both} both as survivors and as "
+                "dropped (it would learn both secrets of a node)"
             )
         if me not in survivors:
             raise self._refuse(
                 "the server does not list this client, which sent its masked "
                 "input, among the survivors"
             )
-        masked_with = set(self._held) | {me}
+        masked_with = set(self._round.held) | {me}
         unknown = sorted((survivors | dropped) - masked_with)
         missing = sorted(masked_with - survivors - dropped)
         if unknown or missing:
@@ -310,20 +404,54 @@ class SecAggClient:
             raise self._refuse(
                 f"only {len(survivors)} survivors in its neighbourhood, threshold is {t}"
             )
-        held = {**self._held, me: self._own_shares}
-        reply = UnmaskResponse(
+        self._round.survivors, self._round.dropped = frozenset(survivors), frozenset(dropped)
+        secrets = self._round.secrets
+        self._phase = "unmasked"
+        peers = tuple(sorted(dropped))
+        return UnmaskResponse(
             round_id=request.round_id,
             sender=me,
-            self_mask_owners=tuple(sorted(survivors)),
-            self_mask_shares=tuple(held[v][0].to_bytes() for v in sorted(survivors)),
-            key_owners=tuple(sorted(dropped)),
-            key_shares=tuple(held[v][1].to_bytes() for v in sorted(dropped)),
+            self_mask_seed=secrets.self_seed,
+            seed_peers=peers,
+            pair_seeds=tuple(secrets.seeds[v] for v in peers),
         )
-        self._forget()
-        return reply
 
-    def _forget(self) -> None:
-        """Drop the secrets once the round is over for this client."""
-        self._self_seed = b""
-        self._enc_keys = self._mask_keys = None
-        self._held, self._channel_keys, self._own_shares = {}, {}, None
+    def _recover(self, request: RecoverRequest) -> RecoverResponse:
+        assert self._round is not None
+        held = self._round.held
+        own = _distinct(request.self_mask_owners, "self-mask owners", self._refuse)
+        seeds = _distinct(request.seed_owners, "seed owners", self._refuse)
+        not_survivors = sorted(own - (self._round.survivors - {self.client_id}))
+        if not_survivors:
+            raise self._refuse(
+                f"consistency check failed: the server asks for self-mask shares of "
+                f"{not_survivors}, which it did not list as other survivors"
+            )
+        not_dropped = sorted(seeds - self._round.dropped)
+        if not_dropped:
+            raise self._refuse(
+                f"consistency check failed: the server asks for seed shares of {not_dropped}, "
+                "which it did not list as dropped"
+            )
+        self._round, self._phase = None, "ready"
+        return RecoverResponse(
+            round_id=request.round_id,
+            sender=self.client_id,
+            self_mask_owners=tuple(sorted(own)),
+            self_mask_shares=tuple(_part(held[v], 0, SEED_BYTES) for v in sorted(own)),
+            seed_owners=tuple(sorted(seeds)),
+            seed_shares=tuple(_part(held[v], SEED_BYTES, None) for v in sorted(seeds)),
+        )
+
+
+def _distinct(
+    names: tuple[str, ...], what: str, refuse: Callable[[str], SecAggAbort]
+) -> frozenset[str]:
+    if len(set(names)) != len(names):
+        raise refuse(f"the recovery request names {what} twice")
+    return frozenset(names)
+
+
+def _part(share: Share, start: int, stop: int | None) -> bytes:
+    """The encoded share of one part of the shared secret (Shamir works byte by byte)."""
+    return Share(share.index, share.value[start:stop]).to_bytes()

@@ -1,31 +1,38 @@
-"""The server of Cordiale's secure aggregation (Bonawitz et al. 2017 with SecAgg+).
+"""The server of Cordiale's secure aggregation (Bonawitz et al. 2017 with SecAgg+, keys kept for
+an epoch of rounds; see :mod:`cordiale.crypto.secagg_client` for the protocol).
 
 Hand-written, pure and I/O-free. :class:`SecAggServer` turns the replies of one stage into the
-requests of the next, and finally into the sum of the survivors' inputs. It never sees a
-plaintext input or share ciphertext content: it relays ciphertexts and, in stage 3, receives
-exactly one share per (holder, node) pair.
+requests of the next, and each round's replies into the sum of its survivors' inputs. It never
+sees a plaintext input or the content of a share ciphertext: it relays ciphertexts, and learns
+exactly the secrets that remove the masks of the sum - the survivors' self-mask seeds and the
+round seeds between survivors and dropped nodes - each checked against its commitment.
 
-Sets (each a subset of the previous): ``U0`` all clients, ``U1`` advertised keys, ``U2`` sent
-their share ciphertexts (the server relays those), ``U3`` sent masked inputs (the survivors,
-whose inputs are summed), ``U4`` answered the unmasking request. With ``V_u = N(u) ∩ U2``
-(the neighbours ``u`` masks with), the server asks ``u ∈ U3`` for the self-mask shares of
-``(V_u ∪ {u}) ∩ U3`` and the mask-key shares of ``V_u \\ U3``, then
+Sets of a round: ``R`` the round's members (clients with a share package for the round), ``S``
+the survivors (sent masked inputs), ``A`` the survivors that answered stage 3. With
+``V_u = N(u) ∩ R`` (the neighbours ``u`` masks with)
 
-    sum_{u in U3} x_u = sum_{u in U3} y_u - sum_{u in U3} PRG(b_u)
-                        - sum_{v in U2 \\ U3} sum_{w in U3 ∩ N(v)} ±PRG(s_wv).
+    sum_{u in S} x_u = sum_{u in S} y_u - sum_{u in S} PRG(b_u)
+                       - sum_{u in S} sum_{v in V_u \\ S} ±PRG(s_uv,r).
 
-Dropout handling: a client that does not answer a stage is dropped from then on. A client whose
-closed neighbourhood would fall below ``t`` in stage 1 or 2 is dropped too (its shares are not
-relayed), so the others can go on; the round aborts with :class:`~cordiale.core.errors.SecAggAbort`
-as soon as fewer than ``t`` clients remain, or some secret needed for unmasking has fewer than
-``t`` holders left. Malformed replies, replies from unexpected senders or duplicates, and calls
-out of order raise :class:`~cordiale.core.errors.ProtocolError`.
+Survivors in ``A`` reveal their ``b_u`` and ``s_uv,r`` themselves; for a survivor ``m`` not in
+``A``, stage 4 reconstructs ``b_m`` from the shares of ``V_m ∩ A`` and, for each dropped
+neighbour ``v`` of ``m``, ``v``'s seal key from the shares of ``V_v ∩ A``, which opens the
+round seeds ``v`` sealed in its package.
+
+Dropout handling: a client that does not answer a stage is out of the round. Clients whose
+closed neighbourhood falls below ``t`` are left out of the round (repeatedly, as each removal
+shrinks other neighbourhoods); the round aborts with :class:`~cordiale.core.errors.SecAggAbort`
+as soon as fewer than ``t`` clients remain, a survivor has fewer than ``t`` surviving members
+in its closed neighbourhood, or a secret to reconstruct has fewer than ``t`` shares. Malformed
+replies, replies from unexpected senders or duplicates, and calls out of order raise
+:class:`~cordiale.core.errors.ProtocolError`. Any error ends the epoch: the server then refuses
+every call, and the driver starts a new epoch.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import Any, NoReturn, TypeVar
 
 import numpy as np
@@ -36,93 +43,126 @@ from . import _protocol as proto
 from .messages import (
     AdvertiseKeysRequest,
     AggregateResult,
+    ClientReply,
     KeyAdvertisement,
     MaskedInputRequest,
     MaskedInputResponse,
+    RecoverRequest,
+    RecoverResponse,
     SecAggConfig,
     ShareKeysRequest,
     ShareKeysResponse,
+    SharePackage,
     UnmaskRequest,
     UnmaskResponse,
 )
-from .prg import expand_mask
-from .primitives import KEY_BYTES, keypair_from_private_bytes
+from .prg import SEED_BYTES, expand_mask
+from .primitives import KEY_BYTES, decrypt
 from .shamir import Share, combine_shares
 
 __all__ = ["SecAggServer"]
 
-_Reply = TypeVar("_Reply", KeyAdvertisement, ShareKeysResponse, MaskedInputResponse, UnmaskResponse)
 _Method = TypeVar("_Method", bound=Callable[..., Any])
-_STEPS = ("advertise_keys", "share_keys", "masked_input", "unmask", "aggregate")
+
+# Each step: the phase it runs in and the phase it leads to.
+_STEPS = {
+    "advertise_keys": ("new", "advertised"),
+    "share_keys": ("advertised", "sharing"),
+    "collect_shares": ("sharing", "keyed"),
+    "masked_input": ("keyed", "masking"),
+    "unmask": ("masking", "unmasking"),
+    "recover": ("unmasking", "recovering"),
+    "aggregate": ("recovering", "keyed"),
+}
 
 
-def _transition(step: int) -> Callable[[_Method], _Method]:
-    """Make a server method step ``step`` of 0..4: refused unless it is the next one, and any
-    error inside it aborts the server (it then refuses every further call)."""
+def _step(method: _Method) -> _Method:
+    """Run a server step only in its phase; any error inside it aborts the epoch."""
+    before, after = _STEPS[method.__name__]
 
-    def decorate(method: _Method) -> _Method:
-        @functools.wraps(method)
-        def run(self: SecAggServer, *args: Any) -> Any:
-            name = method.__name__
-            if self._aborted:
-                raise ProtocolError(f"the server has aborted this round; {name} refused")
-            if step != self._step:
-                state = "already done" if step < self._step else "called out of order"
-                expected = _STEPS[self._step] if self._step < len(_STEPS) else "nothing (done)"
-                raise ProtocolError(f"server step {name} {state}: the next step is {expected}")
-            self._step = step + 1
-            try:
-                return method(self, *args)
-            except CordialeError:
-                self._aborted = True
-                raise
+    @functools.wraps(method)
+    def run(self: SecAggServer, *args: Any, **kwargs: Any) -> Any:
+        name = method.__name__
+        if self._aborted:
+            raise ProtocolError(f"the server has aborted this epoch; {name} refused")
+        if self._phase != before:
+            expected = [s for s, (phase, _) in _STEPS.items() if phase == self._phase]
+            raise ProtocolError(
+                f"server step {name} refused (already done or out of order): the next step "
+                f"is {' or '.join(expected)}"
+            )
+        try:
+            result = method(self, *args, **kwargs)
+        except CordialeError:
+            self._aborted = True
+            raise
+        self._phase = after
+        return result
 
-        return run  # type: ignore[return-value]
-
-    return decorate
+    return run  # type: ignore[return-value]
 
 
 class SecAggServer:
-    """The server's state machine for one round.
+    """The server's state machine for one epoch.
 
-    Call, in order: :meth:`advertise_keys` (no replies yet), :meth:`share_keys` with the stage-0
-    replies, :meth:`masked_input` with the stage-1 replies, :meth:`unmask` with the stage-2
-    replies and :meth:`aggregate` with the stage-3 replies. Each returns the requests of the next
-    stage by receiver (only for clients still in the round). Pass only the replies received
-    for the current stage: a reply from a client no longer in the round, a duplicate or a
-    malformed reply raises ProtocolError. Any error aborts the server: every later call is
-    refused with ProtocolError.
+    Once: :meth:`advertise_keys` (no replies yet), :meth:`share_keys` with the stage-0 replies,
+    :meth:`collect_shares` with the stage-1 replies. Then for each round: :meth:`masked_input`
+    (the round and its members), :meth:`unmask` with the stage-2 replies, :meth:`recover` with
+    the stage-3 replies (it returns no requests when every survivor answered) and
+    :meth:`aggregate` with the stage-4 replies. Each returns the requests of the next stage by
+    receiver. Pass only the replies received for the current stage: a reply from a client not
+    asked, a duplicate or a malformed reply raises ProtocolError.
     """
 
     def __init__(self, config: SecAggConfig) -> None:
         self.config = config
-        self._step = 0
+        self._phase = "new"
         self._aborted = False
         self._alive: set[str] = set(config.client_ids)
         self._keys: dict[str, tuple[bytes, bytes]] = {}
-        self._ciphertexts: dict[str, dict[str, bytes]] = {}
-        self._commitments: dict[str, bytes] = {}
+        self._peers: dict[str, tuple[str, ...]] = {}  # who each client shares with (stage 1)
+        self._packages: dict[str, SharePackage] = {}  # for round self._packages_round
+        self._packages_round = config.epoch_id
+        # the round in progress
+        self._round = -1
+        self._members: set[str] = set()
+        self._round_packages: dict[str, SharePackage] = {}
         self._masked_with: dict[str, frozenset[str]] = {}
         self._sum = np.zeros(config.vector_length, dtype=config.dtype)
-        self._requested: dict[str, UnmaskRequest] = {}
+        self._survivors: frozenset[str] = frozenset()
+        self._requested: dict[str, Any] = {}
+        self._self_seeds: dict[str, bytes] = {}
+        self._pair_seeds: dict[tuple[str, str], bytes] = {}  # (survivor, dropped) -> seed
+        self._silent: frozenset[str] = frozenset()
+        self._needed_seeds: frozenset[str] = frozenset()
 
     @property
     def alive(self) -> frozenset[str]:
-        """The clients still in the round."""
+        """The clients still in the epoch (stages 0-1) or in the round in progress."""
         return frozenset(self._alive)
 
-    @_transition(0)
-    def advertise_keys(self) -> dict[str, AdvertiseKeysRequest]:
-        """Start the round: stage-0 requests for every client."""
-        return {
-            c: AdvertiseKeysRequest(round_id=self.config.round_id, receiver=c)
-            for c in sorted(self._alive)
-        }
+    @property
+    def aborted(self) -> bool:
+        return self._aborted
 
-    @_transition(1)
+    def ready(self, round_id: int) -> frozenset[str]:
+        """The clients that can take part in ``round_id``: those holding its share package."""
+        if self._aborted or self._phase != "keyed" or round_id != self._packages_round:
+            return frozenset()
+        return frozenset(self._packages)
+
+    # -- epoch set-up --------------------------------------------------------------------------
+
+    @_step
+    def advertise_keys(self) -> dict[str, AdvertiseKeysRequest]:
+        """Start the epoch: stage-0 requests for every client."""
+        epoch = self.config.epoch_id
+        return {c: AdvertiseKeysRequest(round_id=epoch, receiver=c) for c in sorted(self._alive)}
+
+    @_step
     def share_keys(self, replies: Iterable[KeyAdvertisement]) -> dict[str, ShareKeysRequest]:
-        """Collect the advertised keys (U1); send each client its neighbours' keys."""
-        adverts = self._collect(replies, KeyAdvertisement)
+        """Collect the advertised keys; send each client its neighbours' keys."""
+        adverts = self._collect(replies, KeyAdvertisement, self.config.epoch_id)
         for a in adverts.values():
             if len(a.enc_public_key) != KEY_BYTES or len(a.mask_public_key) != KEY_BYTES:
                 raise ProtocolError(f"{a.sender!r} advertised a key that is not {KEY_BYTES} bytes")
@@ -133,12 +173,13 @@ class SecAggServer:
         duplicated = {c for names in owners.values() if len(names) > 1 for c in names}
         self._alive = set(adverts) - duplicated  # clients sharing a public key are excluded
         self._keys = {c: (adverts[c].enc_public_key, adverts[c].mask_public_key) for c in adverts}
-        self._prune("advertised keys")
+        self._prune(self._alive, "advertised keys")
         requests = {}
         for c in sorted(self._alive):
-            listed = sorted(self._closed_neighbourhood(c))
+            listed = sorted(self._closed(c, self._alive))
+            self._peers[c] = tuple(v for v in listed if v != c)
             requests[c] = ShareKeysRequest(
-                round_id=self.config.round_id,
+                round_id=self.config.epoch_id,
                 receiver=c,
                 client_ids=tuple(listed),
                 enc_public_keys=tuple(self._keys[v][0] for v in listed),
@@ -146,66 +187,81 @@ class SecAggServer:
             )
         return requests
 
-    @_transition(2)
-    def masked_input(self, replies: Iterable[ShareKeysResponse]) -> dict[str, MaskedInputRequest]:
-        """Collect the share ciphertexts (U2); relay to each client those addressed to it."""
-        responses = self._collect(replies, ShareKeysResponse)
-        for c, r in responses.items():
-            expected = sorted(self._closed_neighbourhood(c) - {c})
-            if sorted(r.receivers) != expected:
-                raise ProtocolError(
-                    f"{c!r} sent ciphertexts to {sorted(r.receivers)}, expected exactly {expected}"
-                )
-            if len(r.self_mask_commitment) != proto.COMMITMENT_BYTES:
-                raise ProtocolError(f"{c!r} sent a malformed self-mask commitment")
-        self._alive = set(responses)
-        self._prune("shared keys")
-        self._ciphertexts = {
-            c: dict(zip(r.receivers, r.ciphertexts, strict=True))
-            for c, r in responses.items()
-            if c in self._alive
-        }
-        self._commitments = {c: responses[c].self_mask_commitment for c in self._alive}
-        self._masked_with = {c: self._closed_neighbourhood(c) - {c} for c in self._alive}
+    @_step
+    def collect_shares(self, replies: Iterable[ShareKeysResponse]) -> frozenset[str]:
+        """Collect the first round's share packages; returns the clients ready for it."""
+        responses = self._collect(replies, ShareKeysResponse, self.config.epoch_id)
+        self._packages = self._check_packages(responses, self.config.epoch_id)
+        self._alive = set(self._packages)
+        self._require(len(self._alive), "clients shared keys")
+        return frozenset(self._packages)
+
+    # -- one round -----------------------------------------------------------------------------
+
+    @_step
+    def masked_input(
+        self,
+        round_id: int,
+        members: Collection[str] | None = None,
+        next_round: int | None = None,
+    ) -> dict[str, MaskedInputRequest]:
+        """Start round ``round_id`` over ``members`` (default: every ready client): relay to
+        each the share ciphertexts addressed to it. ``next_round`` (default ``round_id + 1``)
+        is the round the clients' next share packages are for."""
+        if round_id != self._packages_round:
+            raise ProtocolError(
+                f"round {round_id} cannot start: the clients' share packages are for round "
+                f"{self._packages_round}"
+            )
+        nxt = round_id + 1 if next_round is None else next_round
+        if nxt <= round_id:
+            raise ProtocolError(f"the next round {nxt} must follow round {round_id}")
+        chosen = set(self._packages) if members is None else set(members)
+        unready = sorted(chosen - set(self._packages))
+        if unready:
+            raise ProtocolError(f"{unready} hold no share package for round {round_id}")
+        self._begin(round_id, nxt, chosen)
         requests = {}
         for c in sorted(self._alive):
             senders = sorted(self._masked_with[c])
             requests[c] = MaskedInputRequest(
-                round_id=self.config.round_id,
+                round_id=round_id,
                 receiver=c,
                 senders=tuple(senders),
                 receivers=(c,) * len(senders),
-                ciphertexts=tuple(self._ciphertexts[v][c] for v in senders),
+                ciphertexts=tuple(
+                    self._round_packages[v].ciphertexts[self._index(v, c)] for v in senders
+                ),
+                next_round=nxt,
             )
         return requests
 
-    @_transition(3)
+    @_step
     def unmask(self, replies: Iterable[MaskedInputResponse]) -> dict[str, UnmaskRequest]:
-        """Collect the masked inputs (U3, the survivors); ask each survivor for its shares."""
-        responses = self._collect(replies, MaskedInputResponse)
+        """Collect the masked inputs (the survivors) and the next round's share packages; ask
+        each survivor for its self-mask seed and its seeds with dropped neighbours."""
+        responses = self._collect(replies, MaskedInputResponse, self._round)
         for c, r in responses.items():
             if r.masked.shape != (self.config.vector_length,) or r.masked.dtype != self._sum.dtype:
                 raise ProtocolError(
                     f"{c!r} sent a masked input of shape {r.masked.shape} and dtype "
                     f"{r.masked.dtype}, expected ({self.config.vector_length},) {self._sum.dtype}"
                 )
-        survivors = set(responses)
+        self._packages = self._check_packages(responses, self._packages_round)
+        survivors = frozenset(responses)
         self._require(len(survivors), "clients sent masked inputs")
-        for v in sorted(self._masked_with):
-            holders = self._masked_with[v] & survivors | ({v} & survivors)
-            needed = v in survivors or bool(self._masked_with[v] & survivors)
-            if needed and len(holders) < self.config.threshold:
-                secret = "self mask" if v in survivors else "mask key"
+        for u in sorted(survivors):
+            holders = len((self._masked_with[u] | {u}) & survivors)
+            if holders < self.config.threshold:
                 self._abort(
-                    f"the {secret} of {v!r} has only {len(holders)} surviving share "
-                    f"holders, threshold is {self.config.threshold}"
+                    f"{u!r} has only {holders} survivors in its neighbourhood, threshold is "
+                    f"{self.config.threshold}"
                 )
-        for c in sorted(survivors):
-            self._sum += responses[c].masked
-        self._alive = survivors
+            self._sum += responses[u].masked
+        self._survivors, self._alive = survivors, set(survivors)
         self._requested = {
             c: UnmaskRequest(
-                round_id=self.config.round_id,
+                round_id=self._round,
                 receiver=c,
                 survivors=tuple(sorted((self._masked_with[c] | {c}) & survivors)),
                 dropped=tuple(sorted(self._masked_with[c] - survivors)),
@@ -214,66 +270,169 @@ class SecAggServer:
         }
         return dict(self._requested)
 
-    @_transition(4)
-    def aggregate(self, replies: Iterable[UnmaskResponse]) -> AggregateResult:
-        """Collect the shares (U4), reconstruct the masks and return the sum of ``U3``'s inputs."""
-        responses = self._collect(replies, UnmaskResponse)
-        self_shares: dict[str, list[Share]] = {}
-        key_shares: dict[str, list[Share]] = {}
+    @_step
+    def recover(self, replies: Iterable[UnmaskResponse]) -> dict[str, RecoverRequest]:
+        """Check the revealed seeds against their commitments; ask for the shares of what the
+        silent survivors did not reveal (no requests: every survivor answered)."""
+        responses = self._collect(replies, UnmaskResponse, self._round)
         for c, r in responses.items():
             request = self._requested[c]
-            if (r.self_mask_owners, r.key_owners) != (request.survivors, request.dropped):
+            if r.seed_peers != request.dropped:
+                raise ProtocolError(f"{c!r} revealed seeds for other nodes than it was asked")
+            self._check_self_seed(c, r.self_mask_seed)
+            for v, seed in zip(r.seed_peers, r.pair_seeds, strict=True):
+                self._check_pair_seed(c, v, seed)
+                self._pair_seeds[(c, v)] = seed
+        self._silent = frozenset(self._survivors) - set(responses)
+        self._alive = set(responses)
+        dropped = set(self._members) - set(self._survivors)
+        self._needed_seeds = frozenset(
+            v for m in self._silent for v in self._masked_with[m] & dropped
+        )
+        for owner in sorted(self._silent | self._needed_seeds):
+            holders = len(self._masked_with[owner] & self._alive)
+            if holders < self.config.threshold:
+                what = "self mask" if owner in self._silent else "seal key"
+                self._abort(
+                    f"the {what} of {owner!r} has only {holders} share holders left, "
+                    f"threshold is {self.config.threshold}"
+                )
+        self._requested = {}
+        for c in sorted(self._alive):
+            own = tuple(sorted(self._silent & self._masked_with[c]))
+            seeds = tuple(sorted(self._needed_seeds & self._masked_with[c]))
+            if own or seeds:
+                self._requested[c] = RecoverRequest(
+                    round_id=self._round, receiver=c, self_mask_owners=own, seed_owners=seeds
+                )
+        self._alive = set(self._requested)
+        return dict(self._requested)
+
+    @_step
+    def aggregate(self, replies: Iterable[RecoverResponse] = ()) -> AggregateResult:
+        """Reconstruct what the silent survivors did not reveal and return the sum of the
+        survivors' inputs."""
+        responses = self._collect(replies, RecoverResponse, self._round)
+        own_shares: dict[str, list[Share]] = {}
+        seed_shares: dict[str, list[Share]] = {}
+        for c, r in responses.items():
+            request = self._requested[c]
+            if (r.self_mask_owners, r.seed_owners) != (
+                request.self_mask_owners,
+                request.seed_owners,
+            ):
                 raise ProtocolError(f"{c!r} answered for other nodes than it was asked about")
             for owners, raw, into in (
-                (r.self_mask_owners, r.self_mask_shares, self_shares),
-                (r.key_owners, r.key_shares, key_shares),
+                (r.self_mask_owners, r.self_mask_shares, own_shares),
+                (r.seed_owners, r.seed_shares, seed_shares),
             ):
                 for owner, data in zip(owners, raw, strict=True):
                     into.setdefault(owner, []).append(self._share(owner, c, data))
-        total = self._sum.copy()
-        for v in sorted(self._alive):
-            seed = self._reconstruct(v, "self mask", self_shares.get(v, []))
-            if proto.self_mask_commitment(self.config.round_id, v, seed) != self._commitments[v]:
-                self._abort(f"the reconstructed self mask of {v!r} does not match its commitment")
-            total -= expand_mask(seed, total.size, self.config.bits)
-        for v in sorted(set(self._masked_with) - self._alive):
-            partners = sorted(self._masked_with[v] & self._alive)
-            if not partners:
-                continue
-            raw = self._reconstruct(v, "mask key", key_shares.get(v, []))
+        for m in sorted(self._silent):
+            seed = self._reconstruct(m, "self mask", own_shares.get(m, []))
+            self._check_self_seed(m, seed)
+        for v in sorted(self._needed_seeds):
+            key = self._reconstruct(v, "seal key", seed_shares.get(v, []))
             try:
-                mask_keys = keypair_from_private_bytes(raw)
-            except CryptoError:
-                mask_keys = None
-            if mask_keys is None or mask_keys.public != self._keys[v][1]:
-                self._abort(f"the reconstructed mask key of {v!r} does not match its public key")
-            for w in partners:
-                seed = proto.mask_seed(mask_keys, self._keys[w][1], self.config.round_id, v, w)
-                proto.add_pairwise_mask(total, seed, w, v, subtract=True)
+                sealed = self._round_packages[v].sealed_seeds
+                ad = proto.sealed_seeds_associated_data(self._round, v)
+                seeds = proto.split_round_seeds(decrypt(key, sealed, ad), self._peers[v])
+            except CryptoError as exc:
+                self._abort(f"the sealed round seeds of {v!r} do not open: {exc}")
+            for m in sorted(self._silent & self._masked_with[v]):
+                self._check_pair_seed(v, m, seeds[m])
+                self._pair_seeds[(m, v)] = seeds[m]
+        total = self._sum.copy()
+        for u in sorted(self._survivors):
+            total -= expand_mask(self._self_seeds[u], total.size, self.config.bits)
+        for (u, v), seed in sorted(self._pair_seeds.items()):
+            proto.add_pairwise_mask(total, seed, u, v, subtract=True)
+        self._alive = set(self._packages)
         return AggregateResult(
-            round_id=self.config.round_id, total=total, survivors=tuple(sorted(self._alive))
+            round_id=self._round, total=total, survivors=tuple(sorted(self._survivors))
         )
 
     # -- machinery ---------------------------------------------------------------------------
 
+    def _begin(self, round_id: int, next_round: int, members: set[str]) -> None:
+        """Reset the round state; keep the members whose neighbourhoods reach ``t``."""
+        self._round, self._packages_round = round_id, next_round
+        self._round_packages, self._packages = self._packages, {}
+        self._alive = members
+        self._prune(self._alive, "in the round")
+        self._members = set(self._alive)
+        self._masked_with = {c: frozenset(self._peers[c]) & self._members for c in self._members}
+        for u in sorted(self._members):
+            for v in sorted(self._masked_with[u]):
+                if u < v and self._commitment(u, v) != self._commitment(v, u):
+                    self._abort(
+                        f"{u!r} and {v!r} committed to different round seeds: their keys or "
+                        "packages do not match"
+                    )
+        self._sum = np.zeros(self.config.vector_length, dtype=self.config.dtype)
+        self._survivors, self._silent, self._needed_seeds = frozenset(), frozenset(), frozenset()
+        self._requested, self._self_seeds, self._pair_seeds = {}, {}, {}
+
+    def _check_packages(
+        self, responses: Mapping[str, SharePackage], round_id: int
+    ) -> dict[str, SharePackage]:
+        for c, r in responses.items():
+            if r.shares_round != round_id:
+                raise ProtocolError(
+                    f"{c!r} sent a share package for round {r.shares_round}, expected {round_id}"
+                )
+            if r.receivers != self._peers[c]:
+                raise ProtocolError(
+                    f"{c!r} sent ciphertexts to {list(r.receivers)}, expected exactly "
+                    f"{list(self._peers[c])}"
+                )
+            digests = (r.self_mask_commitment, *r.seed_commitments)
+            if any(len(d) != proto.COMMITMENT_BYTES for d in digests):
+                raise ProtocolError(f"{c!r} sent a malformed commitment")
+        return dict(responses)
+
+    def _index(self, owner: str, receiver: str) -> int:
+        return self._peers[owner].index(receiver)
+
+    def _commitment(self, owner: str, peer: str) -> bytes:
+        return self._round_packages[owner].seed_commitments[self._index(owner, peer)]
+
+    def _check_self_seed(self, owner: str, seed: bytes) -> None:
+        package = self._round_packages[owner]
+        if len(seed) != SEED_BYTES or package.self_mask_commitment != proto.self_mask_commitment(
+            self._round, owner, seed
+        ):
+            self._abort(f"the self-mask seed of {owner!r} does not match its commitment")
+        self._self_seeds[owner] = seed
+
+    def _check_pair_seed(self, owner: str, peer: str, seed: bytes) -> None:
+        if len(seed) != SEED_BYTES or self._commitment(owner, peer) != proto.seed_commitment(
+            self._round, owner, peer, seed
+        ):
+            self._abort(f"the round seed of {owner!r} and {peer!r} does not match its commitment")
+
     def _abort(self, reason: str) -> NoReturn:
         self._aborted = True
-        raise SecAggAbort(f"secure aggregation of round {self.config.round_id} aborted: {reason}")
+        raise SecAggAbort(f"secure aggregation of round {self._round_name()} aborted: {reason}")
+
+    def _round_name(self) -> str:
+        return str(self._round) if self._round >= 0 else f"{self.config.epoch_id} (epoch set-up)"
 
     def _require(self, count: int, what: str) -> None:
         if count < self.config.threshold:
             self._abort(f"only {count} {what}, threshold is {self.config.threshold}")
 
-    def _collect(self, replies: Iterable[_Reply], kind: type[_Reply]) -> Mapping[str, _Reply]:
+    def _collect(
+        self, replies: Iterable[ClientReply], kind: type[ClientReply], round_id: int
+    ) -> Mapping[str, ClientReply]:
         """Replies by sender, checked for type, round, expected sender and duplicates."""
-        out: dict[str, _Reply] = {}
+        out: dict[str, ClientReply] = {}
         for reply in replies:
             if not isinstance(reply, kind):
                 raise ProtocolError(f"expected {kind.__name__}, got {type(reply).__name__}")
-            if reply.round_id != self.config.round_id:
+            if reply.round_id != round_id:
                 raise ProtocolError(
-                    f"{reply.sender!r} replied for round {reply.round_id}, "
-                    f"this is round {self.config.round_id}"
+                    f"{reply.sender!r} replied for round {reply.round_id}, expected {round_id}"
                 )
             if reply.sender not in self._alive:
                 raise ProtocolError(
@@ -285,20 +444,20 @@ class SecAggServer:
             out[reply.sender] = reply
         return out
 
-    def _closed_neighbourhood(self, client: str) -> frozenset[str]:
-        return (self.config.neighbours(client) | {client}) & self._alive
+    def _closed(self, client: str, among: set[str]) -> frozenset[str]:
+        return (self.config.neighbours(client) | {client}) & among
 
-    def _prune(self, what: str) -> None:
+    def _prune(self, alive: set[str], what: str) -> None:
         """Check that t clients remain, then drop those whose closed neighbourhood fell below t
         (repeatedly, as each removal shrinks other neighbourhoods) and check again."""
         t = self.config.threshold
-        self._require(len(self._alive), f"clients {what}")
+        self._require(len(alive), f"clients {what}")
         while True:
-            starved = {c for c in self._alive if len(self._closed_neighbourhood(c)) < t}
+            starved = {c for c in alive if len(self._closed(c, alive)) < t}
             if not starved:
                 break
-            self._alive -= starved
-        self._require(len(self._alive), f"clients {what} with {t} live neighbourhood members")
+            alive -= starved
+        self._require(len(alive), f"clients {what} with {t} live neighbourhood members")
 
     def _share(self, owner: str, holder: str, data: bytes) -> Share:
         try:

@@ -21,6 +21,7 @@ wrong secret. With exactly ``t`` shares no check is possible: a wrong share give
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -91,11 +92,17 @@ def split_secret(secret: bytes, threshold: int, num_shares: int) -> list[Share]:
     _check_threshold(threshold, num_shares)
     randomness = os.urandom((threshold - 1) * len(secret))
     coefficients = np.frombuffer(bytes(secret) + randomness, dtype=np.uint8).reshape(threshold, -1)
+    values = _dot(_powers(threshold, num_shares), coefficients)
+    return [Share(i + 1, values[i].tobytes()) for i in range(num_shares)]
+
+
+@functools.lru_cache(maxsize=256)
+def _powers(threshold: int, num_shares: int) -> np.ndarray:
+    """``x^j`` for the points ``x = 1..n`` and ``j < t``, shape (n, t): ``exp(j log x)``."""
     xs = np.arange(1, num_shares + 1, dtype=np.int64)
-    # x^j = exp(j * log(x) mod 255): the powers of every point, shape (n, t).
     powers = _EXP[(np.arange(threshold)[None, :] * _LOG[xs][:, None]) % 255].astype(np.uint8)
-    values = _dot(powers, coefficients)
-    return [Share(int(x), values[i].tobytes()) for i, x in enumerate(xs)]
+    powers.setflags(write=False)
+    return powers
 
 
 def combine_shares(shares: Sequence[Share], threshold: int) -> bytes:

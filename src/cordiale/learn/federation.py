@@ -40,7 +40,7 @@ from cordiale.learn.metrics import ScoreHistogram, compute_metrics
 from cordiale.learn.models import ModelSpec, build_model, build_with, get_weights
 from cordiale.learn.secure_aggregation import (
     SecureAggregationConfig,
-    run_secure_round,
+    SecureAggregator,
     update_shapes,
 )
 from cordiale.learn.strategies import FitResult, Strategy
@@ -188,6 +188,7 @@ class Federation:
         self.scaler: Standardizer | None = None
         self.node_examples: dict[str, int] = {}
         self.history: list[RoundRecord] = []
+        self._secagg: SecureAggregator | None = None  # keeps a key epoch across rounds
 
     # -- messaging -------------------------------------------------------------------------
     def _exchange(
@@ -360,12 +361,13 @@ class Federation:
     def _secure_fit(self, server_round: int, contents: dict[str, Content]) -> RoundRecord:
         """The round through secure aggregation: the strategy sees only the mean update."""
         assert self.weights is not None and self.config.secure_aggregation is not None
-        result = run_secure_round(
+        if self._secagg is None:
+            self._secagg = SecureAggregator(self.config.secure_aggregation)
+        result = self._secagg.run_round(
             lambda c: self._exchange("secagg", server_round, c),
             server_round,
             contents,
             update_shapes(self.weights, self.config.local_layers),
-            self.config.secure_aggregation,
             max_weight=(
                 1  # client-level DP weighs every site equally
                 if self.config.dp is not None and self.config.dp.mode == "client"

@@ -9,8 +9,8 @@ travel as records of a message of stage ``"secagg"``:
 * bytes: a ``uint8`` array ``arrays["secagg"]["<field>"]``; a tuple of bytes is the
   concatenation of its items with their lengths in ``config["secagg.msg.<field>.lengths"]``;
 * the masked input: ``arrays["secagg"]["masked"]`` (``uint32`` or ``uint64``);
-* the round's public parameters (:class:`~cordiale.crypto.SecAggConfig` and the fixed-point
-  codec), sent with the first step only: ``config["secagg.config.<name>"]``.
+* the epoch's public parameters (:class:`~cordiale.crypto.SecAggConfig` and the fixed-point
+  codec), sent with the epoch's first step only: ``config["secagg.config.<name>"]``.
 
 Decoding checks everything before building a message: the step, that every field is present
 with the expected type, that the ``secagg`` array record holds exactly the message's byte and
@@ -34,6 +34,8 @@ from cordiale.crypto import (
     KeyAdvertisement,
     MaskedInputRequest,
     MaskedInputResponse,
+    RecoverRequest,
+    RecoverResponse,
     SecAggConfig,
     ShareKeysRequest,
     ShareKeysResponse,
@@ -45,7 +47,8 @@ __all__ = [
     "REQUESTS",
     "RESPONSES",
     "STEPS",
-    "RoundParameters",
+    "TRAINING_STEP",
+    "EpochParameters",
     "from_content",
     "parameters_from_config",
     "parameters_to_config",
@@ -58,19 +61,24 @@ ARRAYS: Final = "secagg"
 _MSG: Final = "secagg.msg."
 _CFG: Final = "secagg.config."
 
-#: The protocol steps, in order, as named in ``config["secagg.stage"]``.
-STEPS: Final = ("advertise_keys", "share_keys", "masked_input", "unmask")
+#: The protocol steps, in order, as named in ``config["secagg.stage"]``: the first two once per
+#: epoch, the others in every round.
+STEPS: Final = ("advertise_keys", "share_keys", "masked_input", "unmask", "recover")
+#: The step whose message carries the training task: the node trains, then masks its update.
+TRAINING_STEP: Final = "masked_input"
 REQUESTS: Final[dict[str, type]] = {
     "advertise_keys": AdvertiseKeysRequest,
     "share_keys": ShareKeysRequest,
     "masked_input": MaskedInputRequest,
     "unmask": UnmaskRequest,
+    "recover": RecoverRequest,
 }
 RESPONSES: Final[dict[str, type]] = {
     "advertise_keys": KeyAdvertisement,
     "share_keys": ShareKeysResponse,
     "masked_input": MaskedInputResponse,
     "unmask": UnmaskResponse,
+    "recover": RecoverResponse,
 }
 
 _M = TypeVar("_M")
@@ -92,7 +100,8 @@ def step_of(content: Content) -> str:
 def to_content(step: str, message: Any, base: Content | None = None) -> Content:
     """``message`` (a protocol dataclass) as the records of a secagg message of ``step``.
 
-    ``base`` (copied) holds other records to send along (the training task of the first step).
+    ``base`` (copied) holds other records to send along (the epoch's parameters, the training
+    task).
     """
     if step not in STEPS:
         raise ProtocolError(f"unknown secure-aggregation step {step!r}")
@@ -182,8 +191,8 @@ def _split(owner: str, field: str, raw: bytes, lengths: object) -> tuple[bytes, 
 
 
 @dataclass(frozen=True)
-class RoundParameters:
-    """The public parameters of one secure round: the protocol's and the encoding's.
+class EpochParameters:
+    """The public parameters of a secure-aggregation epoch: the protocol's and the encoding's.
 
     ``names`` fixes the order in which a node flattens its update; ``max_weight`` bounds the
     weight (example count) a node may carry, so that the ring cannot overflow.
@@ -195,11 +204,11 @@ class RoundParameters:
     max_weight: int
 
 
-def parameters_to_config(params: RoundParameters) -> ConfigRecord:
+def parameters_to_config(params: EpochParameters) -> ConfigRecord:
     p, c = params.protocol, params.codec
     cfg = ConfigRecord(
         {
-            f"{_CFG}round_id": p.round_id,
+            f"{_CFG}epoch_id": p.epoch_id,
             f"{_CFG}client_ids": list(p.client_ids),
             f"{_CFG}threshold": p.threshold,
             f"{_CFG}vector_length": p.vector_length,
@@ -216,8 +225,8 @@ def parameters_to_config(params: RoundParameters) -> ConfigRecord:
     return cfg
 
 
-def parameters_from_config(cfg: ConfigRecord) -> RoundParameters:
-    """Rebuild the round parameters; ProtocolError naming the problem if they are invalid."""
+def parameters_from_config(cfg: ConfigRecord) -> EpochParameters:
+    """Rebuild the epoch parameters; ProtocolError naming the problem if they are invalid."""
 
     def get(name: str, kind: type | tuple[type, ...], default: object = None) -> Any:
         key = f"{_CFG}{name}"
@@ -235,7 +244,7 @@ def parameters_from_config(cfg: ConfigRecord) -> RoundParameters:
         if degree is not None and (isinstance(degree, bool) or not isinstance(degree, int)):
             raise ProtocolError("secure-aggregation parameter 'degree' must be an integer")
         protocol = SecAggConfig(
-            round_id=get("round_id", int),
+            epoch_id=get("epoch_id", int),
             client_ids=tuple(ids),
             threshold=get("threshold", int),
             vector_length=get("vector_length", int),
@@ -257,4 +266,4 @@ def parameters_from_config(cfg: ConfigRecord) -> RoundParameters:
     max_weight = get("max_weight", int)
     if max_weight < 1:
         raise ProtocolError("secure-aggregation parameter 'max_weight' must be at least 1")
-    return RoundParameters(protocol, codec, tuple(names), max_weight)
+    return EpochParameters(protocol, codec, tuple(names), max_weight)

@@ -1,18 +1,23 @@
-"""Secure aggregation of a training round, around any strategy: hub driver and node handler.
+"""Secure aggregation of training rounds, around any strategy: hub driver and node handler.
 
 With :attr:`FederationConfig.secure_aggregation <cordiale.learn.federation.FederationConfig>`
 set, a training round runs the protocol of :mod:`cordiale.crypto` (Bonawitz et al. 2017 with the
-SecAgg+ graph of Bell et al. 2020) over the study's transport, in messages of stage ``"secagg"``
-(:mod:`cordiale.learn.secagg_wire`):
+SecAgg+ graph of Bell et al. 2020, keys kept for an epoch of rounds) over the study's transport,
+in messages of stage ``"secagg"`` (:mod:`cordiale.learn.secagg_wire`):
 
-1. ``advertise_keys``: each sampled node gets the training task and the round's public
-   parameters; it trains (:func:`~cordiale.learn.tasks.train_update`), keeps its update, encodes
-   it and answers with two public keys only;
-2. ``share_keys``, ``masked_input``, ``unmask``: the protocol; the only vector a node sends is
-   its masked input, uniformly random on its own.
+1. at the start of an epoch only, ``advertise_keys`` (with the epoch's public parameters) and
+   ``share_keys``: two key agreements per pair of neighbours, once;
+2. ``masked_input``: each node gets the training task with the round's relayed share
+   ciphertexts; it trains (:func:`~cordiale.learn.tasks.train_update`), encodes its update and
+   answers with the masked vector (uniformly random on its own) and its next share package;
+3. ``unmask`` (and ``recover``, only if a survivor went silent): the secrets that remove the
+   masks of the sum.
 
-The hub (:func:`run_secure_round`) drives :class:`~cordiale.crypto.SecAggServer`, unmasks the
-*sum* of the survivors' inputs, divides by their total weight and hands the mean update to
+So a round of an epoch costs two exchanges instead of one, and no key agreement. The hub
+(:class:`SecureAggregator`) keeps the epoch while the same sites hold share packages for the
+next round, up to :attr:`SecureAggregationConfig.rekey_every` rounds; a failed round, a site
+missing from the epoch or a change of the update's layout starts a new one. It unmasks the *sum*
+of the survivors' inputs, divides by their total weight and hands the mean update to
 :meth:`Strategy.server_update <cordiale.learn.strategies.Strategy.server_update>`, so every
 strategy works unchanged: privacy by wrapping.
 
@@ -34,8 +39,8 @@ the mean update differs from the plain weighted mean by at most ``k * 2^-17 / su
 element for ``k`` survivors (about ``1e-8`` for Pima).
 
 **Dropouts and refusals.** A node that does not answer a step is dropped by the protocol; its
-update is then not in the sum (after key sharing, the others' masks with it are removed with the
-shares of its mask key). If fewer than ``threshold`` nodes remain the round fails with
+update is then not in the sum (its neighbours reveal their round seeds with it, or their shares
+of them). If fewer than ``threshold`` nodes remain the round fails with
 :class:`~cordiale.core.errors.SecAggAbort`. A node that refuses a request (a replayed step, a
 tampered request such as one asking for both shares of a node) answers with an error reply,
 which the hub records as that node's failure.
@@ -60,13 +65,13 @@ from cordiale.core.errors import (
     WireError,
 )
 from cordiale.core.messages import Content, Message
-from cordiale.core.records import ArrayRecord, ConfigRecord
+from cordiale.core.records import ArrayRecord
 from cordiale.crypto import (
-    AdvertiseKeysRequest,
     FixedPointCodec,
     SecAggClient,
     SecAggConfig,
     SecAggServer,
+    Stage,
     choose_bits,
     decode_weighted,
     default_threshold,
@@ -76,8 +81,8 @@ from cordiale.data.local import LocalDataset
 from cordiale.learn.secagg_wire import (
     REQUESTS,
     RESPONSES,
-    STEPS,
-    RoundParameters,
+    TRAINING_STEP,
+    EpochParameters,
     from_content,
     parameters_from_config,
     parameters_to_config,
@@ -89,19 +94,24 @@ from cordiale.learn.tasks import NodeState, train_update
 __all__ = [
     "DEFAULT_CLIP",
     "DEFAULT_FRAC_BITS",
+    "DEFAULT_REKEY_EVERY",
     "Exchange",
     "SecAggSession",
     "SecureAggregationConfig",
+    "SecureAggregator",
     "SecureRoundResult",
     "run_secagg",
-    "run_secure_round",
     "update_shapes",
 ]
 
 log = logging.getLogger(__name__)
 
 # Defaults live with the fixed-point codec (a light module the CLI can import at start-up).
-from cordiale.crypto.fixedpoint import DEFAULT_CLIP, DEFAULT_FRAC_BITS  # noqa: E402
+from cordiale.crypto.fixedpoint import (  # noqa: E402
+    DEFAULT_CLIP,
+    DEFAULT_FRAC_BITS,
+    DEFAULT_REKEY_EVERY,
+)
 
 #: Sends one message of stage "secagg" per node; returns (replies by node, failures by node).
 Exchange = Callable[[dict[str, Content]], tuple[dict[str, Message], dict[str, str]]]
@@ -115,13 +125,15 @@ class SecureAggregationConfig:
     majority, :func:`~cordiale.crypto.default_threshold`). ``degree``: SecAgg+ neighbours per
     node (None: every other sampled node, the original protocol). ``clip``: bound on each
     element of ``n * update`` (n: the node's example count). ``frac_bits``: fixed-point
-    resolution.
+    resolution. ``rekey_every``: rounds one epoch's keys serve at most (1: fresh keys every
+    round, as in the original protocol).
     """
 
     threshold: int | None = None
     degree: int | None = None
     clip: float = DEFAULT_CLIP
     frac_bits: int = DEFAULT_FRAC_BITS
+    rekey_every: int = DEFAULT_REKEY_EVERY
 
     def __post_init__(self) -> None:
         problems = []
@@ -129,6 +141,8 @@ class SecureAggregationConfig:
             problems.append(f"threshold must be an integer >= 2 (or None); got {self.threshold!r}")
         if self.degree is not None and (_not_int(self.degree) or self.degree < 1):
             problems.append(f"neighbours must be an integer >= 1 (or None); got {self.degree!r}")
+        if _not_int(self.rekey_every) or self.rekey_every < 1:
+            problems.append(f"rekey_every must be an integer >= 1; got {self.rekey_every!r}")
         if (
             isinstance(self.clip, bool)
             or not isinstance(self.clip, int | float)
@@ -152,16 +166,18 @@ class SecureAggregationConfig:
             "neighbours": self.degree,
             "clip": float(self.clip),
             "frac_bits": self.frac_bits,
+            "rekey_every": self.rekey_every,
         }
 
-    def round_parameters(
+    def epoch_parameters(
         self,
-        server_round: int,
+        first_round: int,
         nodes: Sequence[str],
         shapes: Mapping[str, tuple[int, ...]],
         max_weight: int,
-    ) -> RoundParameters:
-        """The public parameters of one round over ``nodes`` (ConfigError if impossible)."""
+    ) -> EpochParameters:
+        """The public parameters of an epoch over ``nodes`` starting at ``first_round``
+        (ConfigError if impossible)."""
         n = len(nodes)
         if n < 2:
             raise ConfigError(f"secure aggregation needs at least 2 sites in a round; got {n}")
@@ -173,7 +189,7 @@ class SecureAggregationConfig:
         try:
             bits = choose_bits(n, float(self.clip), self.frac_bits, max_weight)
             protocol = SecAggConfig(
-                round_id=server_round,
+                epoch_id=first_round,
                 client_ids=tuple(nodes),
                 threshold=threshold,
                 vector_length=length + 2,  # the update, the loss, the weight
@@ -187,7 +203,7 @@ class SecureAggregationConfig:
                 f"each): {exc}"
             ) from None
         codec = FixedPointCodec(clip=float(self.clip), frac_bits=self.frac_bits, bits=bits)
-        return RoundParameters(protocol, codec, tuple(shapes), max_weight)
+        return EpochParameters(protocol, codec, tuple(shapes), max_weight)
 
 
 def _not_int(value: object) -> bool:
@@ -218,80 +234,174 @@ class SecureRoundResult:
     total_weight: int
     failures: dict[str, str] = field(default_factory=dict)
     privacy: dict[str, float] = field(default_factory=dict)  # epsilon each site reports spent
+    new_epoch: bool = False  # whether this round agreed on fresh keys
 
 
-def run_secure_round(
-    exchange: Exchange,
-    server_round: int,
-    tasks: Mapping[str, Content],
-    shapes: Mapping[str, tuple[int, ...]],
-    settings: SecureAggregationConfig,
-    *,
-    max_weight: int,
-) -> SecureRoundResult:
-    """Run one training round through secure aggregation; return the survivors' mean update.
+@dataclass
+class _Epoch:
+    server: SecAggServer
+    params: EpochParameters
+    rounds: int = 0
 
-    ``tasks`` holds each sampled node's training task (weights, scaler, configuration), as for
-    a plain round; ``shapes`` the names and shapes of the update (:func:`update_shapes`);
-    ``max_weight`` the largest example count a node may carry. Raises SecAggAbort when fewer
-    than ``threshold`` nodes survive, ConfigError when the settings cannot fit the round.
+
+class SecureAggregator:
+    """The hub's side of secure aggregation over a study's rounds; keeps an epoch's keys.
+
+    :meth:`run_round` runs one training round. It reuses the current epoch when every sampled
+    node holds a share package for this round, the update's layout and weight bound are the
+    epoch's, and the epoch has served fewer than ``rekey_every`` rounds; otherwise it first
+    agrees on fresh keys. Any failure ends the epoch.
     """
-    nodes = sorted(tasks)
-    params = settings.round_parameters(server_round, nodes, shapes, max_weight)
-    public = parameters_to_config(params)
-    server = SecAggServer(params.protocol)
-    advance: tuple[Callable[[list[Any]], Any], ...] = (
-        server.share_keys,
-        server.masked_input,
-        server.unmask,
-        server.aggregate,
-    )
-    failures: dict[str, str] = {}
-    privacy: dict[str, float] = {}
-    requests: Any = server.advertise_keys()
-    try:
-        for step, next_step in zip(STEPS, advance, strict=True):
-            contents = {}
-            for node, request in requests.items():
-                base = None
-                if step == "advertise_keys":
-                    task = tasks[node]
-                    config = ConfigRecord({**task.config.to_dict(), **public.to_dict()})
-                    base = Content(arrays=task.arrays, config=config)
-                contents[node] = to_content(step, request, base)
-            ok, failed = exchange(contents)
-            failures.update(failed)
-            if step == STEPS[0]:
-                privacy = {
-                    n: float(m.content.metrics["privacy.epsilon"])
-                    for n, m in ok.items()
-                    if "privacy.epsilon" in m.content.metrics
-                }
-            replies = []
-            for node, message in sorted(ok.items()):
-                try:
-                    reply = from_content(RESPONSES[step], message.content)
-                    if (reply.sender, reply.round_id) != (node, server_round):
-                        raise ProtocolError("the reply names another sender or round")
-                except (WireError, ProtocolError) as exc:
-                    failures[node] = f"{type(exc).__name__}: {exc.message}"
-                    continue
-                replies.append(reply)
-            requests = next_step(replies)
-    except SecAggAbort as exc:
-        detail = "; ".join(f"{n}: {why}" for n, why in sorted(failures.items()))
-        detail = f" (failed sites: {detail})" if detail else ""
-        raise SecAggAbort(f"round {server_round}: {exc.message}{detail}") from None
-    except ProtocolError as exc:
-        message = f"round {server_round}: secure aggregation failed: {exc.message}"
-        raise ProtocolError(message) from None
-    private = any("dp.mode" in c.config for c in tasks.values())
-    survivors = list(requests.survivors)
-    for node in nodes:
-        if node not in survivors and node not in failures:
-            failures[node] = "left out of secure aggregation: too few live neighbours"
-    sums, total_weight = decode_weighted(params.codec, requests.total)
-    if not 0 < total_weight <= len(survivors) * max_weight:
+
+    def __init__(self, settings: SecureAggregationConfig) -> None:
+        self.settings = settings
+        self._epoch: _Epoch | None = None
+
+    def run_round(
+        self,
+        exchange: Exchange,
+        server_round: int,
+        tasks: Mapping[str, Content],
+        shapes: Mapping[str, tuple[int, ...]],
+        *,
+        max_weight: int,
+    ) -> SecureRoundResult:
+        """Run one training round through secure aggregation; return the survivors' mean update.
+
+        ``tasks`` holds each sampled node's training task (weights, scaler, configuration), as
+        for a plain round; ``shapes`` the names and shapes of the update
+        (:func:`update_shapes`); ``max_weight`` the largest example count a node may carry.
+        Raises SecAggAbort when fewer than ``threshold`` nodes survive, ConfigError when the
+        settings cannot fit the round.
+        """
+        nodes = sorted(tasks)
+        failures: dict[str, str] = {}
+        epoch = self._reusable(server_round, nodes, shapes, max_weight)
+        self._epoch = None  # until this round succeeds
+        try:
+            if epoch is None:
+                params = self.settings.epoch_parameters(server_round, nodes, shapes, max_weight)
+                epoch = _Epoch(SecAggServer(params.protocol), params)
+                ready = self._set_up(exchange, epoch, failures)
+            else:
+                ready = frozenset(nodes)
+            result, privacy = self._round(exchange, epoch, server_round, tasks, ready, failures)
+        except SecAggAbort as exc:
+            detail = "; ".join(f"{n}: {why}" for n, why in sorted(failures.items()))
+            detail = f" (failed sites: {detail})" if detail else ""
+            raise SecAggAbort(f"round {server_round}: {exc.message}{detail}") from None
+        except ProtocolError as exc:
+            message = f"round {server_round}: secure aggregation failed: {exc.message}"
+            raise ProtocolError(message) from None
+        epoch.rounds += 1
+        if epoch.rounds < self.settings.rekey_every:
+            self._epoch = epoch
+        private = any("dp.mode" in c.config for c in tasks.values())
+        survivors = list(result.survivors)
+        for node in nodes:
+            if node not in survivors and node not in failures:
+                failures[node] = "left out of secure aggregation: too few live neighbours"
+        return _mean_update(
+            result.total, survivors, epoch, shapes, server_round, private, failures, privacy
+        )
+
+    def _reusable(
+        self,
+        server_round: int,
+        nodes: Sequence[str],
+        shapes: Mapping[str, tuple[int, ...]],
+        max_weight: int,
+    ) -> _Epoch | None:
+        epoch = self._epoch
+        if epoch is None or epoch.rounds >= self.settings.rekey_every:
+            return None
+        params = epoch.params
+        same_layout = list(params.names) == list(shapes) and max_weight <= params.max_weight
+        expected = sum(math.prod(s) for s in shapes.values()) + 2
+        if not same_layout or expected != params.protocol.vector_length:
+            return None
+        return epoch if set(nodes) <= epoch.server.ready(server_round) else None
+
+    def _set_up(
+        self, exchange: Exchange, epoch: _Epoch, failures: dict[str, str]
+    ) -> frozenset[str]:
+        """Agree on the epoch's keys; returns the nodes ready for its first round."""
+        server, public = epoch.server, parameters_to_config(epoch.params)
+        base = Content(config=public)
+        adverts = _step(exchange, "advertise_keys", server.advertise_keys(), failures, base)
+        shares = _step(exchange, "share_keys", server.share_keys(adverts), failures)
+        return server.collect_shares(shares)
+
+    def _round(
+        self,
+        exchange: Exchange,
+        epoch: _Epoch,
+        server_round: int,
+        tasks: Mapping[str, Content],
+        members: frozenset[str],
+        failures: dict[str, str],
+    ) -> tuple[Any, dict[str, float]]:
+        server = epoch.server
+        requests = server.masked_input(server_round, members & set(tasks), server_round + 1)
+        contents = {n: to_content(TRAINING_STEP, r, tasks[n]) for n, r in requests.items()}
+        ok, failed = exchange(contents)
+        failures.update(failed)
+        privacy = {
+            n: float(m.content.metrics["privacy.epsilon"])
+            for n, m in ok.items()
+            if "privacy.epsilon" in m.content.metrics
+        }
+        masked = _replies(TRAINING_STEP, ok, server_round, failures)
+        unmasked = _step(exchange, "unmask", server.unmask(masked), failures)
+        requests = server.recover(unmasked)
+        recovered = _step(exchange, "recover", requests, failures) if requests else []
+        return server.aggregate(recovered), privacy
+
+
+def _step(
+    exchange: Exchange,
+    step: str,
+    requests: Mapping[str, Any],
+    failures: dict[str, str],
+    base: Content | None = None,
+) -> list[Any]:
+    """Send one protocol step's requests; the well-formed replies (others become failures)."""
+    ok, failed = exchange({n: to_content(step, r, base) for n, r in requests.items()})
+    failures.update(failed)
+    round_id = next(iter(requests.values())).round_id if requests else 0
+    return _replies(step, ok, round_id, failures)
+
+
+def _replies(
+    step: str, ok: Mapping[str, Message], round_id: int, failures: dict[str, str]
+) -> list[Any]:
+    replies = []
+    for node, message in sorted(ok.items()):
+        try:
+            reply = from_content(RESPONSES[step], message.content)
+            if (reply.sender, reply.round_id) != (node, round_id):
+                raise ProtocolError("the reply names another sender or round")
+        except (WireError, ProtocolError) as exc:
+            failures[node] = f"{type(exc).__name__}: {exc.message}"
+            continue
+        replies.append(reply)
+    return replies
+
+
+def _mean_update(
+    total: np.ndarray,
+    survivors: list[str],
+    epoch: _Epoch,
+    shapes: Mapping[str, tuple[int, ...]],
+    server_round: int,
+    private: bool,
+    failures: dict[str, str],
+    privacy: dict[str, float],
+) -> SecureRoundResult:
+    """Decode the unmasked ring sum into the survivors' weighted mean update."""
+    params = epoch.params
+    sums, total_weight = decode_weighted(params.codec, total)
+    if not 0 < total_weight <= len(survivors) * params.max_weight:
         raise ProtocolError(
             f"round {server_round}: the unmasked total weight {total_weight} is impossible for "
             f"{len(survivors)} sites: the secure sum is corrupt"
@@ -306,11 +416,12 @@ def run_secure_round(
         mean_update=out,
         nodes=survivors,
         train_loss=(  # nodes under differential privacy put 0 in the loss slot: not released
-            math.nan if private else float(sums[-1] * max_weight / total_weight)
+            math.nan if private else float(sums[-1] * params.max_weight / total_weight)
         ),
         total_weight=total_weight,
         failures=failures,
         privacy={n: e for n, e in privacy.items() if n in survivors},
+        new_epoch=epoch.rounds == 1,
     )
 
 
@@ -319,16 +430,16 @@ def run_secure_round(
 
 @dataclass
 class SecAggSession:
-    """A node's secure-aggregation state for one study: the round in progress, if any.
+    """A node's secure-aggregation state for one study: the epoch in progress, if any.
 
-    ``vector`` is the encoded weighted update, kept here until it is sent masked;
-    ``clipped`` the number of elements clipped this round (local only, never sent).
+    ``clipped``: the number of elements clipped in the last round (local only, never sent).
     ``highest_masked_round``: the node never masks a second update for a round it already sent
-    a masked input for (a hub that re-runs a round could otherwise combine two maskings).
+    a masked input for, in any epoch (a hub that re-runs a round could otherwise combine two
+    maskings).
     """
 
     client: SecAggClient | None = None
-    vector: np.ndarray | None = None
+    params: EpochParameters | None = None
     clipped: int = 0
     highest_masked_round: int = -1
 
@@ -350,74 +461,89 @@ def run_secagg(
     session = state.secagg.setdefault(study, SecAggSession())
     try:
         if step == "advertise_keys":
-            return _advertise(node_id, ds, content, state, session, study, server_round)
-        client = session.client
-        if client is None:
+            return _start_epoch(node_id, content, session, server_round)
+        client, params = session.client, session.params
+        if client is None or params is None:
             raise ProtocolError(
-                f"no secure-aggregation round in progress at this node for step {step!r}"
-            )
-        if server_round != client.config.round_id:
-            raise ProtocolError(
-                f"step {step!r} for round {server_round}; the round in progress is "
-                f"{client.config.round_id}"
+                f"no secure-aggregation epoch in progress at this node for step {step!r}"
             )
         request = from_content(REQUESTS[step], content)
-        if step == "share_keys":
-            reply: Any = client.share_keys(request)
-        elif step == "masked_input":
-            assert session.vector is not None
-            reply = client.masked_input(request, session.vector)
-            session.highest_masked_round = max(session.highest_masked_round, server_round)
-            session.vector = None
+        if request.round_id != server_round:
+            raise ProtocolError(
+                f"step {step!r} names round {request.round_id} in a message of round {server_round}"
+            )
+        if step == TRAINING_STEP:
+            reply: Any = _train_and_mask(ds, content, state, session, study, request)
         else:
-            reply = client.unmask(request)
-            session.client = None
+            reply = getattr(client, step)(request)
         return to_content(step, reply)
     except SecAggAbort as exc:
-        session.client, session.vector = None, None
+        session.client = session.params = None
         raise SecAggAbort(exc.message, public_message=exc.message) from None
 
 
-def _advertise(
-    node_id: str,
+def _start_epoch(
+    node_id: str, content: Content, session: SecAggSession, server_round: int
+) -> Content:
+    params = parameters_from_config(content.config)
+    config = params.protocol
+    if config.epoch_id != server_round:
+        raise ProtocolError(
+            f"secure-aggregation parameters for an epoch starting at round {config.epoch_id} in "
+            f"a message of round {server_round}"
+        )
+    if node_id not in config.client_ids:
+        raise ProtocolError("this node is not a client of the secure-aggregation epoch")
+    if server_round <= session.highest_masked_round:
+        raise ProtocolError(
+            f"this node already sent a masked update for round {session.highest_masked_round} "
+            f"of this study; it refuses an epoch starting at round {server_round}"
+        )
+    request = from_content(REQUESTS["advertise_keys"], content)
+    client = SecAggClient(node_id, config)  # a new epoch replaces one left unfinished
+    reply = client.advertise_keys(request)
+    session.client, session.params = client, params
+    return to_content("advertise_keys", reply)
+
+
+def _train_and_mask(
     ds: LocalDataset,
     content: Content,
     state: NodeState,
     session: SecAggSession,
     study: str,
-    server_round: int,
-) -> Content:
-    params = parameters_from_config(content.config)
-    config = params.protocol
-    if config.round_id != server_round:
+    request: Any,
+) -> Any:
+    """Train on the task of ``content``, encode the weighted update, mask it and send it."""
+    client, params = session.client, session.params
+    assert client is not None and params is not None
+    server_round = request.round_id
+    if Stage.MASKED_INPUT not in client.expects or client.next_round != server_round:
         raise ProtocolError(
-            f"secure-aggregation parameters for round {config.round_id} in a message of round "
-            f"{server_round}"
+            f"this node holds no share package for round {server_round} (next: "
+            f"{client.next_round}); it does not train for it"
         )
-    if node_id not in config.client_ids:
-        raise ProtocolError("this node is not a client of the secure-aggregation round")
-    request = from_content(AdvertiseKeysRequest, content)
     if server_round <= session.highest_masked_round:
         raise ProtocolError(
             f"this node already sent a masked update for round {session.highest_masked_round} "
             f"of this study; it refuses to mask another for round {server_round}"
         )
-    session.client = session.vector = None  # a new round replaces one left unfinished
+    config = params.protocol
     update, outcome = train_update(ds, content, state, study)
     if sorted(params.names) != sorted(update) or len(set(params.names)) != len(params.names):
         raise ProtocolError(
-            "the round's update layout does not name exactly the arrays of this node's update"
+            "the epoch's update layout does not name exactly the arrays of this node's update"
         )
     flat = np.concatenate([update[k].astype(np.float64).ravel() for k in params.names])
     if flat.size + 2 != config.vector_length:
         raise ProtocolError(
-            f"the round's vector length {config.vector_length} does not fit the update "
+            f"the epoch's vector length {config.vector_length} does not fit the update "
             f"({flat.size} elements, plus the loss and the weight)"
         )
     # client-level DP needs equal weights: each site's whole contribution is bounded by the clip
     weight = 1 if content.config.get_str("dp.mode", "") == "client" else outcome.num_examples
     if weight > params.max_weight:
-        raise ProtocolError("this node's example count exceeds the round's maximum weight")
+        raise ProtocolError("this node's example count exceeds the epoch's maximum weight")
     weighted = weight * flat
     clip = params.codec.clip
     clipped = int(np.count_nonzero(np.abs(weighted) > clip))
@@ -447,7 +573,6 @@ def _advertise(
         raise ProtocolError(
             "local training produced a non-finite update; nothing was sent"
         ) from None
-    client = SecAggClient(node_id, config)
-    reply = client.advertise_keys(request)
-    session.client, session.vector, session.clipped = client, vector, clipped
-    return to_content("advertise_keys", reply)
+    reply = client.masked_input(request, vector)
+    session.highest_masked_round, session.clipped = server_round, clipped
+    return reply

@@ -63,7 +63,7 @@ from cordiale.learn.dp import DPSettings
 from cordiale.learn.federation import FederationConfig
 from cordiale.learn.imaging_plans import NETWORKS, NetworkSpec, batchnorm_prefixes, build_network
 from cordiale.learn.models import ModelSpec, TabularNet, build_with, get_weights
-from cordiale.learn.secure_aggregation import SecureAggregationConfig
+from cordiale.learn.secure_aggregation import DEFAULT_REKEY_EVERY, SecureAggregationConfig
 from cordiale.learn.strategies import Strategy, make_strategy
 from cordiale.learn.subgroups import DEFAULT_MIN_CELL, SubgroupSpec
 from cordiale.learn.trainer import TrainConfig
@@ -181,6 +181,7 @@ class PrivacySection(_Section):
     secure_aggregation: bool = False
     secagg_neighbours: int | None = None
     secagg_threshold: int | None = None
+    secagg_rekey_every: int = Field(default=DEFAULT_REKEY_EVERY, ge=1)
     dp: Literal["none", "client", "sample"] = "none"
     epsilon: float | None = Field(default=None, gt=0)  # a target; or give noise_multiplier
     delta: float = Field(default=1e-5, gt=0, lt=1)
@@ -374,7 +375,9 @@ class StudySpec(_Section):
         secagg = None
         if p.secure_aggregation:
             secagg = SecureAggregationConfig(
-                threshold=p.secagg_threshold, degree=p.secagg_neighbours
+                threshold=p.secagg_threshold,
+                degree=p.secagg_neighbours,
+                rekey_every=p.secagg_rekey_every,
             )
         return FederationConfig(
             study_id=study_id,

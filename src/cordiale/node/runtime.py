@@ -20,7 +20,7 @@ from cordiale.data.local import SiteDataset
 from cordiale.governance.plans import PlanApprovals
 from cordiale.governance.policy import SitePolicy, TaskFacts
 from cordiale.learn.dp import release_epsilon
-from cordiale.learn.secagg_wire import STEPS, step_of
+from cordiale.learn.secagg_wire import TRAINING_STEP, step_of
 from cordiale.learn.secure_aggregation import run_secagg
 from cordiale.learn.subgroups import SubgroupSpec
 from cordiale.learn.tasks import NodeState, run_evaluate, run_stats, run_train
@@ -134,7 +134,9 @@ class NodeRuntime:
                 message.envelope.round,
             ),
         }
-        releases = stage == "train" or (stage == "secagg" and step_of(message.content) == STEPS[0])
+        releases = stage == "train" or (
+            stage == "secagg" and step_of(message.content) == TRAINING_STEP
+        )
         name = message.content.config.get_str("data.dataset", dataset.name)
         spent = None
         if releases:

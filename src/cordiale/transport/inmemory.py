@@ -39,6 +39,10 @@ class InMemoryTransport(Transport):
         """Simulate a lost node: it stays registered but stops answering."""
         self._down.add(node_id)
 
+    def reconnect(self, node_id: str) -> None:
+        """A node lost by :meth:`disconnect` answers again (with the state it had)."""
+        self._down.discard(node_id)
+
     def send_and_receive(
         self, messages: Sequence[Message], *, timeout: float | None = None
     ) -> list[Message]:
