@@ -561,3 +561,40 @@ def test_a_node_that_lost_its_epoch_is_rekeyed_next_round(pima_sites):
     third = fed.step(3)
     assert third.nodes == SITES and not third.failures
     assert _steps_by_round(transport)[3][0] == "advertise_keys"
+
+
+def test_protocol_steps_need_no_task_context_at_a_restarted_node(pima_sites):
+    """A real site resolves its dataset from the task's ``data.dataset`` (nothing cached after
+    a restart): the key set-up and unmasking steps carry no task and touch no data, so a node
+    restarted mid-study still joins the next epoch."""
+
+    def resolver(data):
+        def resolve(_study, config):
+            if config.get_str("data.dataset", "") != "pima":
+                raise ConfigError("this site has no dataset named ''")
+            return data
+
+        return resolve
+
+    nodes = {s: NodeRuntime(s, resolver(d)) for s, d in pima_sites.items()}
+
+    def restart(step, messages):
+        if step == "masked_input" and messages[0].envelope.round == 2:
+            nodes["site-1"] = NodeRuntime("site-1", resolver(pima_sites["site-1"]))
+
+    handlers = {s: (lambda data, s=s: nodes[s].handle_bytes(data)) for s in nodes}
+    transport = RecordingTransport(handlers, before=restart)
+    cfg = FederationConfig(
+        study_id="secagg",
+        rounds=3,
+        seed=5,
+        model=ModelSpec(hidden=(8,)),
+        evaluate_every=0,
+        task_context={"data.dataset": "pima"},
+        secure_aggregation=SecureAggregationConfig(),
+    )
+    fed = Federation(cfg, make_strategy("fedavg"), transport)
+    fed.setup()
+    assert fed.step(1).nodes == SITES
+    assert "site-1" in fed.step(2).failures
+    assert fed.step(3).nodes == SITES

@@ -234,7 +234,6 @@ class SecureRoundResult:
     total_weight: int
     failures: dict[str, str] = field(default_factory=dict)
     privacy: dict[str, float] = field(default_factory=dict)  # epsilon each site reports spent
-    new_epoch: bool = False  # whether this round agreed on fresh keys
 
 
 @dataclass
@@ -421,7 +420,6 @@ def _mean_update(
         total_weight=total_weight,
         failures=failures,
         privacy={n: e for n, e in privacy.items() if n in survivors},
-        new_epoch=epoch.rounds == 1,
     )
 
 
@@ -446,13 +444,16 @@ class SecAggSession:
 
 def run_secagg(
     node_id: str,
-    ds: LocalDataset,
+    ds: LocalDataset | None,
     content: Content,
     state: NodeState,
     study: str,
     server_round: int,
 ) -> Content:
     """Answer one secure-aggregation message at a node (the ``secagg`` stage).
+
+    ``ds`` is needed by the training step (:data:`TRAINING_STEP`) only: the other steps carry
+    protocol secrets, no task, and touch no data.
 
     Protocol refusals raise SecAggAbort or ProtocolError whose public message names only
     protocol steps, node ids and counts, so that the hub learns why.
@@ -473,6 +474,8 @@ def run_secagg(
                 f"step {step!r} names round {request.round_id} in a message of round {server_round}"
             )
         if step == TRAINING_STEP:
+            if ds is None:
+                raise ProtocolError("the training step needs the study's dataset")
             reply: Any = _train_and_mask(ds, content, state, session, study, request)
         else:
             reply = getattr(client, step)(request)

@@ -105,6 +105,12 @@ class NodeRuntime:
         stage = message.envelope.stage
         if stage not in ("stats", "train", "evaluate", "secagg"):
             raise ProtocolError(f"this node does not run stage {stage!r}")
+        study = message.envelope.study_id
+        if stage == "secagg" and step_of(message.content) != TRAINING_STEP:
+            # key set-up and unmasking: protocol secrets only, no data and no plan code touched
+            return run_secagg(
+                self.node_id, None, message.content, self.state, study, message.envelope.round
+            )
         if self.approvals is not None:  # only code the custodian approved touches the data
             cfg = message.content.config
             plan = self.approvals.check(
@@ -114,29 +120,18 @@ class NodeRuntime:
             )
             if plan.name.startswith("custom:") and plan.sha256 not in self.state.plans:
                 self.state.plans[plan.sha256] = self.approvals.builder(plan.sha256)
-        dataset = self._resolve(message.envelope.study_id, message.content.config)
+        dataset = self._resolve(study, message.content.config)
         if self.policy is not None:  # the site's rules, before any work
             self.policy.check(_facts(message, dataset, self.hub_country))
         handlers: dict[str, Callable[[], Content]] = {
             "stats": lambda: run_stats(dataset, message.content),
-            "train": lambda: run_train(
-                dataset, message.content, self.state, message.envelope.study_id
-            ),
-            "evaluate": lambda: run_evaluate(
-                dataset, message.content, self.state, message.envelope.study_id
-            ),
+            "train": lambda: run_train(dataset, message.content, self.state, study),
+            "evaluate": lambda: run_evaluate(dataset, message.content, self.state, study),
             "secagg": lambda: run_secagg(
-                self.node_id,
-                dataset,
-                message.content,
-                self.state,
-                message.envelope.study_id,
-                message.envelope.round,
+                self.node_id, dataset, message.content, self.state, study, message.envelope.round
             ),
         }
-        releases = stage == "train" or (
-            stage == "secagg" and step_of(message.content) == TRAINING_STEP
-        )
+        releases = stage in ("train", "secagg")  # secagg here: the training step
         name = message.content.config.get_str("data.dataset", dataset.name)
         spent = None
         if releases:
