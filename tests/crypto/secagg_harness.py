@@ -17,12 +17,15 @@ from hypothesis import strategies as st
 from cordiale.core.errors import ProtocolError, SecAggAbort
 from cordiale.crypto import (
     AggregateResult,
-    RecoverResponse,
     SecAggClient,
     SecAggConfig,
     SecAggServer,
+    Share,
+    SharePackage,
     Stage,
     UnmaskResponse,
+    _protocol,
+    decrypt,
 )
 
 EPOCH = 7
@@ -61,7 +64,7 @@ class Epoch:
 
     ``stage`` is the stage whose ``requests`` are pending in round ``round_id``; ``replies``
     are the last replies handed to the server and ``received`` every reply it was given.
-    After stage 4 the server aggregates (``results``) and the next round starts at stage 2.
+    After stage 3 the server aggregates (``results``) and the next round starts at stage 2.
     """
 
     def __init__(
@@ -112,7 +115,6 @@ class Epoch:
             Stage.ADVERTISE_KEYS: c.advertise_keys,
             Stage.SHARE_KEYS: c.share_keys,
             Stage.UNMASK: c.unmask,
-            Stage.RECOVER: c.recover,
         }
         return handlers[request.stage](request)
 
@@ -129,7 +131,7 @@ class Epoch:
         self.replies = list(replies)
         self.received.extend(self.replies)
         server, stage = self.server, self.stage
-        if stage is Stage.RECOVER:
+        if stage is Stage.UNMASK:
             self.results.append(server.aggregate(self.replies))
             self.round_id += 1
             self.vectors = self._draw()
@@ -142,7 +144,6 @@ class Epoch:
             following = {
                 Stage.ADVERTISE_KEYS: server.share_keys,
                 Stage.MASKED_INPUT: server.unmask,
-                Stage.UNMASK: server.recover,
             }
             self.requests = following[stage](self.replies)
         self.stage = Stage(stage + 1)
@@ -169,29 +170,47 @@ class Epoch:
             total += self.inputs[result.round_id][c]
         return total
 
-    def revealed(self, round_id: int) -> tuple[set[str], set[str], set[frozenset[str]]]:
-        """What the server received about round ``round_id``'s secrets: the nodes whose
-        self-mask seed (or shares of it) it got, the nodes whose round seeds it can open (shares
-        of their seal keys), and the pairs whose round seed it learnt (revealed at stage 3, or
-        among the opened round seeds of a node)."""
-        selves: set[str] = set()
-        seed_owners: set[str] = set()
-        pairs: set[frozenset[str]] = set()
-        for reply in self.received:
-            if reply.round_id != round_id:
-                continue
-            if isinstance(reply, UnmaskResponse):
-                assert len(reply.self_mask_seed) == 32
-                selves.add(reply.sender)
-                pairs |= {frozenset((reply.sender, v)) for v in reply.seed_peers}
-            elif isinstance(reply, RecoverResponse):
-                assert len(reply.self_mask_shares) == len(reply.self_mask_owners)
-                assert len(reply.seed_shares) == len(reply.seed_owners)
-                selves |= set(reply.self_mask_owners)
-                seed_owners |= set(reply.seed_owners)
-        for v in seed_owners:
-            pairs |= {frozenset((v, w)) for w in self.config.neighbours(v)}
-        return selves, seed_owners, pairs
+    def unmask_replies(self, round_id: int) -> list[UnmaskResponse]:
+        """The stage-3 replies the server received in round ``round_id``."""
+        return [
+            r for r in self.received if isinstance(r, UnmaskResponse) and r.round_id == round_id
+        ]
+
+    def package(self, owner: str, shares_round: int) -> SharePackage | None:
+        """The share package ``owner`` sent for round ``shares_round``, if the server got one."""
+        packages = [
+            p
+            for p in self.received
+            if isinstance(p, SharePackage) and (p.sender, p.shares_round) == (owner, shares_round)
+        ]
+        assert len(packages) <= 1
+        return packages[0] if packages else None
+
+
+Shares = dict[str, list[Share]]
+
+
+def received_shares(replies: Iterable[UnmaskResponse]) -> tuple[Shares, Shares]:
+    """The shares that stage-3 replies reveal, by the node they belong to: of self-mask seeds,
+    and of seal keys."""
+    selves: Shares = {}
+    seals: Shares = {}
+    for reply in replies:
+        for owners, shares, into in (
+            (reply.self_mask_owners, reply.self_mask_shares, selves),
+            (reply.seed_owners, reply.seed_shares, seals),
+        ):
+            for owner, data in zip(owners, shares, strict=True):
+                into.setdefault(owner, []).append(Share.from_bytes(data))
+    return selves, seals
+
+
+def open_sealed_seeds(package: SharePackage, seal_key: bytes) -> dict[str, bytes]:
+    """The pairwise round seeds that ``package`` sealed, by peer, opened with ``seal_key`` (as
+    the server does for a dropped node)."""
+    ad = _protocol.sealed_seeds_associated_data(package.shares_round, package.sender)
+    opened = decrypt(seal_key, package.sealed_seeds, ad)
+    return _protocol.split_round_seeds(opened, package.receivers)
 
 
 def refuse(

@@ -76,7 +76,7 @@ def test_weighted_sum_and_total_weight(n, seed, data):
 
 
 def label(value: object) -> str:
-    """A test id: "3@UNMASK+2@RECOVER" for a drop count per stage, else the value."""
+    """A test id: "1@MASKED_INPUT+2@UNMASK" for a drop count per stage, else the value."""
     if isinstance(value, dict):
         return "+".join(f"{n}@{Stage(s).name}" for s, n in value.items())
     return str(value)
@@ -88,10 +88,8 @@ def label(value: object) -> str:
         ({Stage.ADVERTISE_KEYS: 3}, 4),
         ({Stage.SHARE_KEYS: 3}, 4),
         ({Stage.MASKED_INPUT: 3}, 4),
-        ({Stage.UNMASK: 3}, 7),  # silent survivors: recovered at stage 4, their inputs count
-        ({Stage.RECOVER: 3}, 7),  # nobody was silent: no stage 4, dropping there changes nothing
-        ({Stage.UNMASK: 1, Stage.RECOVER: 2}, 7),  # stage 4 recovers from exactly t holders
-        ({Stage.MASKED_INPUT: 1, Stage.UNMASK: 1, Stage.RECOVER: 1}, 6),
+        ({Stage.UNMASK: 3}, 7),  # silent survivors: unmasked from exactly t others' shares
+        ({Stage.MASKED_INPUT: 1, Stage.UNMASK: 2}, 6),  # and a seal key from exactly t shares
     ],
     ids=label,
 )
@@ -110,18 +108,14 @@ def test_dropping_exactly_n_minus_t_still_sums(counts, survivors):
         ({Stage.ADVERTISE_KEYS: 4}, "only 3 clients advertised keys"),
         ({Stage.SHARE_KEYS: 4}, "only 3 clients shared keys"),
         ({Stage.MASKED_INPUT: 4}, "only 3 clients sent masked inputs"),
-        ({Stage.UNMASK: 4}, "the self mask of 'site-00' has only 3 share holders left"),
+        ({Stage.UNMASK: 4}, "cannot reconstruct the self mask of 'site-00': 3 shares received"),
         (
-            {Stage.UNMASK: 1, Stage.RECOVER: 3},
-            "cannot reconstruct the self mask of 'site-00': 3 shares received",
-        ),
-        (
-            {Stage.MASKED_INPUT: 1, Stage.UNMASK: 1, Stage.RECOVER: 2},
+            {Stage.MASKED_INPUT: 1, Stage.UNMASK: 3},
             "cannot reconstruct the self mask of 'site-01': 3 shares received",
         ),
         (
             {Stage.MASKED_INPUT: 2, Stage.UNMASK: 2},
-            "the seal key of 'site-00' has only 3 share holders left",
+            "cannot reconstruct the self mask of 'site-02': 3 shares received",
         ),
     ],
     ids=label,
@@ -142,9 +136,10 @@ def test_dropouts_spread_over_stages_abort_when_they_add_up_past_n_minus_t():
         Stage.MASKED_INPUT: {"site-01"},
         Stage.UNMASK: {"site-02"},
     }
-    # Checked before stage 4 is asked for: silent site-02 needs the seal key of dropped site-01,
-    # and only 3 of site-01's neighbours answered stage 3.
-    with pytest.raises(SecAggAbort, match="seal key of 'site-01' has only 3 share holders left"):
+    # Round members site-01..05, survivors site-02..05; only site-03..05 answer stage 3.
+    with pytest.raises(
+        SecAggAbort, match="self mask of 'site-02': 3 shares received, threshold is 4"
+    ):
         run_secagg_round(inputs, clip=CLIP, threshold=4, drop_at=drops)
 
 
@@ -208,11 +203,11 @@ def test_every_round_of_an_epoch_sums_exactly_with_dropouts(data):
     )
     members, schedules, expected = set(ids(n)), [], []
     for i in range(data.draw(st.integers(2, 4), label="rounds")):
-        stages = list(Stage) if i == 0 else [Stage.MASKED_INPUT, Stage.UNMASK, Stage.RECOVER]
+        stages = list(Stage) if i == 0 else [Stage.MASKED_INPUT, Stage.UNMASK]
         order = data.draw(st.permutations(sorted(members)))
         counts = draw_counts(data, len(stages), len(members) - t)
         schedule = drop_schedule(list(order), counts, stages)
-        # Dropping before or at stage 2 leaves the epoch; dropping at stage 3 or 4 does not.
+        # Dropping before or at stage 2 leaves the epoch; dropping at stage 3 does not.
         for stage in (Stage.ADVERTISE_KEYS, Stage.SHARE_KEYS, Stage.MASKED_INPUT):
             members -= schedule.get(stage, set())
         schedules.append(schedule)
@@ -237,7 +232,7 @@ def spread(config: SecAggConfig, k: int) -> list[str]:
 
 
 @pytest.mark.parametrize(("n", "degree"), [(6, None), (12, 4)])
-def test_dropouts_at_stages_2_3_and_4_in_successive_rounds(n, degree):
+def test_dropouts_at_stages_2_and_3_in_successive_rounds(n, degree):
     config = SecAggConfig(
         epoch_id=20,
         client_ids=tuple(ids(n)),
@@ -250,8 +245,8 @@ def test_dropouts_at_stages_2_3_and_4_in_successive_rounds(n, degree):
     d, e = sorted(config.neighbours(c) - {a})[:2]  # they hold shares of c's self-mask seed
     schedules = [
         {Stage.MASKED_INPUT: {a}},  # a leaves the epoch: no package for the next round
-        {Stage.UNMASK: {b}},  # b is silent: its self mask is recovered at stage 4
-        {Stage.UNMASK: {c}, Stage.RECOVER: {d}},  # c is silent and d drops while recovering
+        {Stage.UNMASK: {b}},  # b is silent: its self mask is rebuilt from the others' shares
+        {Stage.UNMASK: {c, d}},  # c and d are silent: exactly t holders of c's secrets answer
         {},  # b, c and d take part again
     ]
     rounds = [random_words(ids(n), 16, 32, np.random.default_rng(i)) for i in range(4)]
@@ -261,9 +256,10 @@ def test_dropouts_at_stages_2_3_and_4_in_successive_rounds(n, degree):
     assert [set(r.survivors) for r in results] == [everyone - {a}] * 4
     for result, words in zip(results, rounds, strict=True):
         assert np.array_equal(result.total, ring_sum(words, result.survivors))
-    # d was one of exactly t + 1 holders of c's secrets: one more drop at stage 4 is fatal.
-    schedules[2] = {Stage.UNMASK: {c}, Stage.RECOVER: {d, e}}
-    with pytest.raises(SecAggAbort, match=f"cannot reconstruct the self mask of '{c}'"):
+    # Exactly t holders of c's self-mask seed answered stage 3: one more silent is fatal (to c,
+    # or to a survivor earlier in the order that also lost a holder).
+    schedules[2] = {Stage.UNMASK: {c, d, e}}
+    with pytest.raises(SecAggAbort, match=r"self mask of '.*': 2 shares received, threshold is 3"):
         run_rounds(config, rounds, schedules)
 
 
@@ -407,8 +403,9 @@ def test_driver_errors():
     inputs = random_inputs(3, 2, 0)
     with pytest.raises(ConfigError, match="unknown clients"):
         run_secagg_round(inputs, clip=CLIP, drop_at={Stage.UNMASK: {"nobody"}})
-    with pytest.raises(ConfigError, match=r"stages are 0\.\.4"):
-        run_secagg_round(inputs, clip=CLIP, drop_at={7: set()})
+    for stage in (4, 7):  # there is no stage 4 (recovery) any more
+        with pytest.raises(ConfigError, match=rf"stage {stage}; stages are 0\.\.3"):
+            run_secagg_round(inputs, clip=CLIP, drop_at={stage: set()})
     with pytest.raises(ConfigError, match="one shape"):
         run_secagg_round({**inputs, "site-00": np.zeros(3)}, clip=CLIP)
     with pytest.raises(ConfigError, match="at least 2"):

@@ -15,17 +15,24 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from secagg_harness import EPOCH, Epoch, draw_counts, drop_schedule, refuse
+from secagg_harness import (
+    EPOCH,
+    Epoch,
+    draw_counts,
+    drop_schedule,
+    open_sealed_seeds,
+    received_shares,
+    refuse,
+)
 
 from cordiale.core.errors import CryptoError, ProtocolError, SecAggAbort, WireError
 from cordiale.crypto import (
+    AdvertiseKeysRequest,
     FixedPointCodec,
     KeyAdvertisement,
     KeyPair,
     MaskedInputRequest,
     MaskedInputResponse,
-    RecoverRequest,
-    RecoverResponse,
     SecAggServer,
     Share,
     ShareKeysRequest,
@@ -35,6 +42,7 @@ from cordiale.crypto import (
     UnmaskRequest,
     UnmaskResponse,
     _protocol,
+    combine_shares,
     expand_mask,
     primitives,
     secagg_client,
@@ -145,7 +153,7 @@ def test_keys_are_agreed_once_per_epoch(monkeypatch):
     assert sum(agreed.values()) == set_up and len(generated) == 2 * 8
 
 
-def test_a_revealed_round_seed_is_bound_to_its_round(monkeypatch):
+def test_a_reconstructed_round_seed_is_bound_to_its_round(monkeypatch):
     calls: dict[bytes, tuple[KeyPair, bytes]] = {}
     real_agree = _protocol.agree
 
@@ -155,19 +163,21 @@ def test_a_revealed_round_seed_is_bound_to_its_round(monkeypatch):
 
     monkeypatch.setattr(_protocol, "agree", recording_agree)
     rnd = Epoch()
-    rnd.run_round({Stage.MASKED_INPUT: {"c4"}})  # round 7: c0..c3 reveal their seeds with c4
-    rnd.run_round({Stage.MASKED_INPUT: {"c3"}})  # round 8: c0..c2 reveal their seeds with c3
-    revealed = {
-        (r.round_id, r.sender, v): seed
-        for r in rnd.received
-        if isinstance(r, UnmaskResponse)
-        for v, seed in zip(r.seed_peers, r.pair_seeds, strict=True)
+    rnd.run_round({Stage.MASKED_INPUT: {"c4"}})  # round 7: c0..c3 reveal c4's seal-key shares
+    rnd.run_round({Stage.MASKED_INPUT: {"c3"}})  # round 8: c0..c2 reveal c3's seal-key shares
+    opened = {}  # (round, dropped node, peer) -> the round seed the server opens
+    for round_id, dropped in ((EPOCH, "c4"), (EPOCH + 1, "c3")):
+        _, seals = received_shares(rnd.unmask_replies(round_id))
+        assert set(seals) == {dropped}
+        seal_key = combine_shares(seals[dropped], rnd.config.threshold)
+        package = rnd.package(dropped, round_id)
+        seeds = open_sealed_seeds(package, seal_key)
+        opened |= {(round_id, dropped, v): seed for v, seed in seeds.items()}
+    assert set(opened) == {(EPOCH, "c4", c) for c in ("c0", "c1", "c2", "c3")} | {
+        (EPOCH + 1, "c3", c) for c in ("c0", "c1", "c2", "c4")
     }
-    expected = {(EPOCH, c, "c4") for c in ("c0", "c1", "c2", "c3")}
-    assert set(revealed) == expected | {(EPOCH + 1, c, "c3") for c in ("c0", "c1", "c2")}
-    assert len(set(revealed.values())) == len(revealed)
-    packages = {(p.sender, p.shares_round): p for p in rnd.received if isinstance(p, SharePackage)}
-    for (round_id, u, v), seed in revealed.items():
+    assert len(set(opened.values())) == len(opened)
+    for (round_id, u, v), seed in opened.items():
         pair = sorted((u, v))
         own, peer = calls[_protocol.context("mask-key", EPOCH, *pair)]
         key = real_agree(own, peer, _protocol.context("mask-key", EPOCH, *pair))
@@ -175,16 +185,17 @@ def test_a_revealed_round_seed_is_bound_to_its_round(monkeypatch):
         assert seed == _protocol.round_seed(key, round_id, u, v)
         assert seed not in {key, primitives.exchange(own, peer), old_style}
         for other in (round_id - 1, round_id, round_id + 1):
-            if (u, other) not in packages:  # no round 6; c4 left the epoch in round 7
-                continue
-            package = packages[(u, other)]
-            commitment = package.seed_commitments[package.receivers.index(v)]
             other_seed = _protocol.round_seed(key, other, u, v)
-            assert commitment == _protocol.seed_commitment(other, u, v, other_seed)
             assert (other_seed == seed) == (other == round_id)
-            assert (commitment == _protocol.seed_commitment(other, u, v, seed)) == (
-                other == round_id
-            )
+            for owner, partner in ((u, v), (v, u)):  # both ends commit to the round's seed
+                package = rnd.package(owner, other)
+                if package is None:  # no round 6; c4 left the epoch in round 7
+                    continue
+                commitment = package.seed_commitments[package.receivers.index(partner)]
+                assert commitment == _protocol.seed_commitment(other, u, v, other_seed)
+                assert (commitment == _protocol.seed_commitment(other, u, v, seed)) == (
+                    other == round_id
+                )
 
 
 @settings(max_examples=15, deadline=None)
@@ -193,7 +204,7 @@ def test_the_server_never_holds_both_secrets_of_a_node_in_a_round(data):
     n = data.draw(st.integers(5, 8), label="n")
     t = data.draw(st.integers(2, n - 2), label="t")
     rnd = Epoch(n=n, t=t, length=4).until(Stage.MASKED_INPUT)
-    stages = [Stage.MASKED_INPUT, Stage.UNMASK, Stage.RECOVER]
+    stages = [Stage.MASKED_INPUT, Stage.UNMASK]
     for least in ([1, 1], []):  # the first round has dropouts at stages 2 and 3 at least
         members = sorted(rnd.requests)
         order = data.draw(st.permutations(members))
@@ -203,10 +214,70 @@ def test_the_server_never_holds_both_secrets_of_a_node_in_a_round(data):
         survivors = set(members) - drops[Stage.MASKED_INPUT]
         assert set(result.survivors) == survivors
         assert np.array_equal(result.total, rnd.plain_sum(result))
-        selves, sealed, pairs = rnd.revealed(result.round_id)
-        assert selves == survivors  # the self mask of every survivor and of no dropped node
-        assert not sealed & selves  # round seeds only of nodes whose self mask stays hidden
-        assert all(not pair <= selves for pair in pairs)  # no mask between two survivors
+        replies = rnd.unmask_replies(result.round_id)
+        for reply in replies:  # one holder never reveals both of its shares of a node
+            assert not set(reply.self_mask_owners) & set(reply.seed_owners)
+        selves, seals = received_shares(replies)
+        assert {v for v, shares in selves.items() if len(shares) >= t} == survivors
+        assert set(seals) <= set(members) - survivors  # seal keys only of dropped nodes
+        for v in members:  # so no node is reconstructible on both sides
+            assert len(selves.get(v, [])) < t or len(seals.get(v, [])) < t
+
+
+def lie_about(rnd: Epoch, victim: str, truthful: int) -> tuple[int, int, np.ndarray]:
+    """Play a server lying at stage 3 of a round without dropouts: the victim is told that all
+    its neighbours survived; of its neighbours (in order), the first ``truthful`` are told that
+    it survived and the others that it dropped. The honest clients all answer (each one's view
+    is consistent); returns the numbers of self-mask and seal-key shares of the victim the
+    server gets, and the victim's masked input with every mask those shares remove taken off."""
+    t = rnd.config.threshold
+    told_dropped = sorted(rnd.config.neighbours(victim))[truthful:]
+    replies = []
+    for c, request in rnd.requests.items():
+        if c in told_dropped:
+            survivors = tuple(s for s in request.survivors if s != victim)
+            request = replace(request, survivors=survivors, dropped=(victim,))
+        replies.append(rnd.answer(c, request))
+    selves, seals = received_shares(replies)
+    mine, sealed = selves.get(victim, []), seals.get(victim, [])
+    (masked,) = [r.masked for r in rnd.replies if r.sender == victim]
+    residue = masked.copy()
+    if len(mine) >= t:
+        residue -= expand_mask(combine_shares(mine, t), residue.size, rnd.config.bits)
+    if len(sealed) >= t:
+        package = rnd.package(victim, rnd.round_id)
+        for peer, seed in open_sealed_seeds(package, combine_shares(sealed, t)).items():
+            _protocol.add_pairwise_mask(residue, seed, victim, peer, subtract=True)
+    return len(mine), len(sealed), residue
+
+
+@pytest.mark.parametrize("truthful", range(5))
+@pytest.mark.parametrize(("n", "degree"), [(5, None), (9, 4)])
+def test_a_server_lying_about_a_victim_cannot_unmask_it(n, degree, truthful):
+    """The attack on the previous design (the victim revealed its self-mask seed, and each
+    neighbour its round seed with a 'dropped' node, directly): with shares only, and t a strict
+    majority of the victim's closed neighbourhood (3 of 5), however the server splits the
+    neighbours it either lacks t shares of the victim's self mask or t of its seal key."""
+    rnd = Epoch(n=n, t=3, degree=degree).until(Stage.UNMASK)
+    victim = "c0"
+    assert len(rnd.config.neighbours(victim)) == 4
+    mine, sealed, residue = lie_about(rnd, victim, truthful)
+    # The victim gives its own share of its self mask (it is listed as a survivor); a neighbour
+    # gives a share of the self mask or of the seal key, never both.
+    assert (mine, sealed) == (1 + truthful, 4 - truthful)
+    assert min(mine, sealed) < 3
+    # With truthful <= 1 (the full lie) the seal key opens and every pairwise mask comes off,
+    # but the self mask stays: the victim's input remains hidden.
+    assert not np.array_equal(residue, rnd.inputs[rnd.round_id][victim])
+
+
+def test_a_minority_threshold_lets_a_lying_server_unmask_a_victim():
+    """The documented limit: with t = 2 of 5, not a majority, the same lie unmasks the victim,
+    so the check above does detect a successful attack."""
+    rnd = Epoch(n=5, t=2).until(Stage.UNMASK)
+    mine, sealed, residue = lie_about(rnd, "c0", truthful=1)
+    assert (mine, sealed) == (2, 3)
+    assert np.array_equal(residue, rnd.inputs[rnd.round_id]["c0"])
 
 
 # -- the honest client's refusals ----------------------------------------------------------
@@ -249,10 +320,9 @@ def test_a_dropped_neighbour_never_masked_with_is_not_asked_about():
     refuse(rnd, "c0", replace(request, dropped=("c1",)), r"unknown: \['c1'\]")
 
 
-def dropout_round(rnd: Epoch, dropped: set[str], silent: set[str]) -> Epoch:
-    """Run to stage 4 of the round in progress: ``dropped`` drop at stage 2, ``silent`` at 3."""
+def dropout_round(rnd: Epoch, dropped: set[str]) -> Epoch:
+    """Run to stage 3 of the round in progress, ``dropped`` dropping at stage 2."""
     rnd.until(Stage.MASKED_INPUT).step(skip=dropped)
-    rnd.step(skip=silent)
     return rnd
 
 
@@ -261,17 +331,16 @@ def test_replayed_unmask_request_cannot_extract_the_other_secret():
     honest = rnd.requests["c0"]
     rnd.answer("c0", honest)
     survivors = tuple(c for c in honest.survivors if c != "c1")
-    with pytest.raises(ProtocolError, match="stage UNMASK refused, it expects RECOVER"):
+    with pytest.raises(ProtocolError, match="stage UNMASK refused, it expects MASKED_INPUT"):
         rnd.answer("c0", replace(honest, survivors=survivors, dropped=("c1",)))
+    assert not rnd.clients["c0"].aborted
 
 
 @pytest.mark.parametrize("stage", list(Stage))
 def test_a_replayed_stage_is_refused(stage):
-    rnd = Epoch()
-    while rnd.stage < stage:  # c4 is silent at stage 3, so that stage 4 runs
-        rnd.step(skip={"c4"} if rnd.stage is Stage.UNMASK else ())
+    rnd = Epoch().until(stage)
     request = rnd.requests["c0"]
-    rnd.step(skip={"c4"} if stage is Stage.UNMASK else ())
+    rnd.step()
     with pytest.raises(ProtocolError, match=f"stage {stage.name} .*replayed or out-of-order"):
         rnd.answer("c0", request)
     assert not rnd.clients["c0"].aborted
@@ -300,13 +369,20 @@ def test_a_round_is_masked_once_and_only_with_its_package():
     )
 
 
-def test_who_holds_a_package_for_the_next_round():
-    rnd = dropout_round(Epoch(), dropped={"c4"}, silent={"c3"})
-    rnd.step()  # aggregate round 7; round 8 starts over the clients that sent a package
+def test_a_survivor_silent_at_stage_3_counts_and_takes_part_in_the_next_round():
+    rnd = dropout_round(Epoch(), dropped={"c4"})
+    stale = rnd.requests["c3"]
+    rnd.step(skip={"c3"})  # aggregate round 7; round 8 starts over the clients with a package
+    result = rnd.results[-1]
+    assert result.survivors == ("c0", "c1", "c2", "c3")  # c3's mask from the others' shares
+    assert np.array_equal(result.total, rnd.plain_sum(result))
     assert set(rnd.requests) == {"c0", "c1", "c2", "c3"}  # c3 was silent at stage 3 only
     assert rnd.clients["c3"].next_round == EPOCH + 1
     assert rnd.clients["c4"].next_round == EPOCH  # it never masked round 7
     assert rnd.server.ready(EPOCH + 1) == frozenset()  # round 8 is in progress
+    rnd.step()
+    with pytest.raises(ProtocolError, match="UNMASK for round 7, expected round 8"):
+        rnd.answer("c3", stale)  # once it masked round 8, round 7's stage 3 is over for it
     result = rnd.run_round()
     assert result.survivors == ("c0", "c1", "c2", "c3")
     assert np.array_equal(result.total, rnd.plain_sum(result))
@@ -319,8 +395,8 @@ def test_a_stage_out_of_order_is_refused():
         fresh.answer("c0", rnd.requests["c0"])
     assert fresh.clients["c0"].aborted is False  # a misrouted message does not abort
     rnd.answer("c0", rnd.requests["c0"])
-    early = RecoverRequest(round_id=EPOCH, receiver="c0", self_mask_owners=("c1",), seed_owners=())
-    with pytest.raises(ProtocolError, match="RECOVER refused, it expects UNMASK or MASKED_INPUT"):
+    early = AdvertiseKeysRequest(round_id=EPOCH, receiver="c0")
+    with pytest.raises(ProtocolError, match="ADVERTISE_KEYS refused, it expects UNMASK or MASKED"):
         rnd.answer("c0", early)
     assert rnd.clients["c0"].expects == (Stage.UNMASK, Stage.MASKED_INPUT)
 
@@ -332,44 +408,6 @@ def test_wrong_round_and_wrong_receiver_are_refused():
     with pytest.raises(ProtocolError, match="request for 'c1' delivered to client 'c0'"):
         rnd.answer("c0", rnd.requests["c1"])
     assert not rnd.clients["c0"].aborted
-
-
-@pytest.mark.parametrize(
-    ("tamper", "match"),
-    [
-        (
-            lambda r: replace(r, self_mask_owners=("c4",)),
-            r"consistency check failed: .* self-mask shares of \['c4'\], which it did not list "
-            "as other survivors",
-        ),
-        (lambda r: replace(r, self_mask_owners=("c0",)), r"self-mask shares of \['c0'\]"),
-        (
-            lambda r: replace(r, seed_owners=("c3",)),
-            r"consistency check failed: .* seed shares of \['c3'\], which it did not list as "
-            "dropped",
-        ),
-        (lambda r: replace(r, seed_owners=("c1", "c4")), r"seed shares of \['c1'\]"),
-        (lambda r: replace(r, seed_owners=("c0",)), r"seed shares of \['c0'\]"),
-        (lambda r: replace(r, self_mask_owners=("c3", "c3")), "names self-mask owners twice"),
-    ],
-    ids=[
-        "dropped-self-mask",
-        "own-self-mask",
-        "survivor-seeds",
-        "answered-seeds",
-        "own-seeds",
-        "twice",
-    ],
-)
-def test_recovery_requests_are_checked_against_the_unmask_request(tamper, match):
-    rnd = dropout_round(Epoch(), dropped={"c4"}, silent={"c3"})
-    honest = rnd.requests["c0"]
-    assert (honest.self_mask_owners, honest.seed_owners) == (("c3",), ("c4",))
-    refuse(rnd, "c0", tamper(honest), match)
-    reply = rnd.answer("c1", rnd.requests["c1"])  # the others answer, once
-    assert reply.self_mask_owners == ("c3",) and len(reply.self_mask_shares) == 1
-    with pytest.raises(ProtocolError, match="stage RECOVER refused"):
-        rnd.answer("c1", rnd.requests["c1"])
 
 
 def key_list(request: ShareKeysRequest) -> list[list]:
@@ -516,35 +554,34 @@ STEPS = {
     "collect_shares": lambda s: s.collect_shares([]),
     "masked_input": lambda s: s.masked_input(EPOCH),
     "unmask": lambda s: s.unmask([]),
-    "recover": lambda s: s.recover([]),
     "aggregate": lambda s: s.aggregate([]),
 }
-# The one step allowed in each phase an epoch goes through, and the harness stage reaching it.
-PHASES = [
-    ("advertise_keys", None),
-    ("share_keys", Stage.ADVERTISE_KEYS),
-    ("collect_shares", Stage.SHARE_KEYS),
-    ("masked_input", Stage.SHARE_KEYS),  # after collect_shares
-    ("unmask", Stage.MASKED_INPUT),
-    ("recover", Stage.UNMASK),
-    ("aggregate", Stage.RECOVER),
-    ("masked_input", Stage.RECOVER),  # after aggregate: the next round
-]
+# The server's six phases: the one step allowed in each, the harness stage reaching it and, for
+# the phase "keyed" (entered after collect_shares and after each aggregate), the step taken
+# there and the round whose packages the clients then hold.
+PHASES = {
+    "new": ("advertise_keys", None, None),
+    "advertised": ("share_keys", Stage.ADVERTISE_KEYS, None),
+    "sharing": ("collect_shares", Stage.SHARE_KEYS, None),
+    "keyed": ("masked_input", Stage.SHARE_KEYS, ("collect_shares", EPOCH)),
+    "keyed-again": ("masked_input", Stage.UNMASK, ("aggregate", EPOCH + 1)),
+    "masking": ("unmask", Stage.MASKED_INPUT, None),
+    "unmasking": ("aggregate", Stage.UNMASK, None),
+}
 
 
-@pytest.mark.parametrize("phase", range(len(PHASES)))
+@pytest.mark.parametrize("phase", list(PHASES))
 def test_every_invalid_server_transition_raises(phase):
-    allowed, stage = PHASES[phase]
+    allowed, stage, entered_by = PHASES[phase]
     rnd = Epoch()
     if stage is None:
         rnd.server = SecAggServer(rnd.config)
     else:
         rnd.until(stage)
-    if phase == 3:
-        assert rnd.server.collect_shares(rnd.replies_to()) == rnd.server.ready(EPOCH)
-    if phase == 7:
-        rnd.server.aggregate(rnd.replies_to())
-        assert rnd.server.ready(EPOCH + 1) == frozenset(rnd.ids)
+    if entered_by is not None:
+        step, ready_round = entered_by
+        getattr(rnd.server, step)(rnd.replies_to())
+        assert rnd.server.ready(ready_round) == frozenset(rnd.ids)
     for name, call in STEPS.items():
         if name != allowed:
             with pytest.raises(
@@ -671,71 +708,80 @@ def flip(data: bytes) -> bytes:
     return data[:-1] + bytes([data[-1] ^ 1])
 
 
-@pytest.mark.parametrize(
-    ("tamper", "match"),
-    [
-        (lambda rs: replace(rs[0], self_mask_seed=flip(rs[0].self_mask_seed)), "self-mask seed"),
-        (lambda rs: replace(rs[0], self_mask_seed=rs[1].self_mask_seed), "self-mask seed"),
-        (lambda rs: replace(rs[0], self_mask_seed=b"short"), "self-mask seed"),
-        (lambda rs: replace(rs[0], pair_seeds=(flip(rs[0].pair_seeds[0]),)), "round seed"),
-        (lambda rs: replace(rs[0], pair_seeds=rs[1].pair_seeds), "round seed"),
-    ],
-    ids=["flipped-self", "other-self", "short-self", "flipped-pair", "other-pair"],
-)
-def test_a_tampered_revealed_seed_does_not_match_its_commitment(tamper, match):
-    rnd = Epoch().until(Stage.MASKED_INPUT)
-    rnd.step(skip={"c4"})  # each survivor reveals its seed with c4
-    replies = rnd.replies_to()
-    with pytest.raises(SecAggAbort, match=f"the {match} of 'c0'.* does not match its commitment"):
-        rnd.advance([tamper(replies), *replies[1:]])
-    assert rnd.server.aborted
+# The fields of an UnmaskResponse that carry shares of each secret: (owners, shares).
+SHARE_FIELDS = {
+    "self mask": ("self_mask_owners", "self_mask_shares"),
+    "seal key": ("seed_owners", "seed_shares"),
+}
 
 
-def corrupt(reply: RecoverResponse, field: str) -> RecoverResponse:
+def corrupt(reply: UnmaskResponse, secret: str, owner: str) -> UnmaskResponse:
+    """``reply`` with its share of ``owner``'s ``secret`` (a key of SHARE_FIELDS) corrupted."""
+    owners, field = SHARE_FIELDS[secret]
     shares = list(getattr(reply, field))
-    share = Share.from_bytes(shares[0])
-    shares[0] = Share(share.index, bytes(b ^ 0x5A for b in share.value)).to_bytes()
+    i = getattr(reply, owners).index(owner)
+    share = Share.from_bytes(shares[i])
+    shares[i] = Share(share.index, bytes(b ^ 0x5A for b in share.value)).to_bytes()
     return replace(reply, **{field: tuple(shares)})
 
 
 @pytest.mark.parametrize(
-    ("also_dropping", "match"),
+    ("secret", "holder", "silent", "match"),
     [
-        (set(), "cannot reconstruct the self mask of 'c4': the shares are inconsistent"),
-        ({"c3"}, "the self-mask seed of 'c4' does not match its commitment"),  # exactly t shares
+        ("self mask", "c0", set(), "the self-mask seed of 'c4' does not match its commitment"),
+        ("self mask", "c4", set(), None),
+        ("self mask", "c4", {"c2", "c3"}, "the self-mask seed of 'c4' does not match"),
+        ("seal key", "c0", set(), "the sealed round seeds of 'c4' do not open"),
+        ("seal key", "c3", set(), None),
+        ("seal key", "c3", {"c2"}, "the sealed round seeds of 'c4' do not open"),
     ],
+    ids=["self-used", "self-spare", "self-exactly-t", "seal-used", "seal-spare", "seal-exactly-t"],
 )
-def test_a_corrupted_self_mask_share_is_detected(also_dropping, match):
-    rnd = dropout_round(Epoch(), dropped=set(), silent={"c4"})
-    replies = rnd.replies_to(skip=also_dropping)
+def test_a_corrupted_share_aborts_the_round_or_is_not_used(secret, holder, silent, match):
+    """The server rebuilds each secret from the t shares of lowest Shamir index (c0 holds index
+    1 of c4's secrets, c4 index 5) and checks what it rebuilt: a self-mask seed against its
+    commitment, a seal key by opening the sealed seeds. A corrupted share among those t aborts
+    the round; one beyond them is not used. Either way the sum is never wrong."""
+    rnd = dropout_round(Epoch(), dropped={"c4"} if secret == "seal key" else set())
+    replies = rnd.replies_to(skip=silent)
+    tampered = [corrupt(r, secret, "c4") if r.sender == holder else r for r in replies]
+    if match is None:
+        rnd.advance(tampered)
+        assert np.array_equal(rnd.results[-1].total, rnd.plain_sum(rnd.results[-1]))
+        return
     with pytest.raises(SecAggAbort, match=match):
-        rnd.advance([corrupt(replies[0], "self_mask_shares"), *replies[1:]])
+        rnd.advance(tampered)
+    assert rnd.server.aborted
+
+
+def recommitted(reply: SharePackage) -> SharePackage:
+    """c0 and c4 both commit to a bogus round seed for their pair: the commitments still agree,
+    so the round starts, but the seed c4 sealed does not match them."""
+    if reply.sender not in ("c0", "c4"):
+        return reply
+    commitments = list(reply.seed_commitments)
+    commitments[reply.receivers.index("c4" if reply.sender == "c0" else "c0")] = bytes(32)
+    return replace(reply, seed_commitments=tuple(commitments))
 
 
 @pytest.mark.parametrize(
-    ("n", "match"),
+    ("tamper", "match"),
     [
-        (5, "the sealed round seeds of 'c4' do not open"),  # exactly t holders of c4's seal key
-        (6, "cannot reconstruct the seal key of 'c5': the shares are inconsistent"),
+        (
+            lambda r: replace(r, sealed_seeds=flip(r.sealed_seeds)) if r.sender == "c4" else r,
+            "the sealed round seeds of 'c4' do not open",
+        ),
+        (recommitted, "the round seed of 'c4' and 'c0' does not match its commitment"),
     ],
+    ids=["sealed-seeds", "seed-commitment"],
 )
-def test_a_corrupted_seal_key_share_of_a_dropped_node_is_detected(n, match):
-    last = f"c{n - 1}"
-    rnd = dropout_round(Epoch(n=n), dropped={last}, silent={f"c{n - 2}"})
-    replies = rnd.replies_to()
-    assert replies[0].seed_owners == (last,)
-    with pytest.raises(SecAggAbort, match=match):
-        rnd.advance([corrupt(replies[0], "seed_shares"), *replies[1:]])
-
-
-def test_sealed_seeds_that_do_not_open_abort_the_round():
+def test_round_seeds_of_a_dropped_node_that_do_not_check_abort_the_round(tamper, match):
     rnd = Epoch().until(Stage.SHARE_KEYS)
-    replies = rnd.replies_to()
-    replies[4] = replace(replies[4], sealed_seeds=flip(replies[4].sealed_seeds))
-    rnd.advance(replies)
-    dropout_round(rnd, dropped={"c4"}, silent={"c3"})
-    with pytest.raises(SecAggAbort, match="the sealed round seeds of 'c4' do not open"):
+    rnd.advance([tamper(r) for r in rnd.replies_to()])
+    dropout_round(rnd, dropped={"c4"})  # its seal key is rebuilt, its round seeds opened
+    with pytest.raises(SecAggAbort, match=match):
         rnd.step()
+    assert rnd.server.aborted
 
 
 def reindexed(share: bytes) -> bytes:
@@ -744,53 +790,51 @@ def reindexed(share: bytes) -> bytes:
 
 
 @pytest.mark.parametrize(
-    ("stage", "tamper", "match"),
+    ("tamper", "match"),
     [
-        (Stage.UNMASK, lambda r: replace(r, seed_peers=("c2",)), "revealed seeds for other"),
-        (Stage.RECOVER, lambda r: replace(r, self_mask_owners=("c2",)), "answered for other"),
-        (Stage.RECOVER, lambda r: replace(r, seed_owners=(), seed_shares=()), "answered for"),
+        (lambda r: replace(r, seed_owners=("c3",)), "answered for other nodes than it was asked"),
         (
-            Stage.RECOVER,
+            lambda r: replace(
+                r, self_mask_owners=r.self_mask_owners[1:], self_mask_shares=r.self_mask_shares[1:]
+            ),
+            "answered for other nodes",
+        ),
+        (lambda r: replace(r, seed_owners=(), seed_shares=()), "answered for other nodes"),
+        (
             lambda r: replace(r, seed_shares=(reindexed(r.seed_shares[0]),)),
             "sent a share of 'c4' with a wrong index",
         ),
         (
-            Stage.RECOVER,
-            lambda r: replace(r, self_mask_shares=(b"\x01",)),
-            "sent a malformed share of 'c3'",
+            lambda r: replace(r, self_mask_shares=(b"\x01", *r.self_mask_shares[1:])),
+            "sent a malformed share of 'c0'",
         ),
     ],
-    ids=["unmask-peers", "recover-owners", "recover-missing", "wrong-index", "malformed"],
+    ids=["other-owner", "missing-self-mask", "missing-seal-key", "wrong-index", "malformed"],
 )
-def test_server_refuses_answers_about_other_nodes_and_wrong_shares(stage, tamper, match):
-    rnd = Epoch().until(Stage.MASKED_INPUT)
-    rnd.step(skip={"c4"})
-    if stage is Stage.RECOVER:
-        rnd.step(skip={"c3"})
-    replies = rnd.replies_to(skip={"c3"})
+def test_server_refuses_answers_about_other_nodes_and_wrong_shares(tamper, match):
+    rnd = dropout_round(Epoch(), dropped={"c4"})
+    replies = rnd.replies_to()
+    assert (replies[0].sender, replies[0].seed_owners) == ("c0", ("c4",))
     with pytest.raises(ProtocolError, match=f"'c0' {match}"):
         rnd.advance([tamper(replies[0]), *replies[1:]])
+    assert rnd.server.aborted
 
 
 @pytest.mark.parametrize(
-    ("degree", "drops", "match"),
+    ("degree", "dropped", "match"),
     [
-        (2, lambda nb: {Stage.MASKED_INPUT: set(nb)}, "'c0' has only 1 survivors in its"),
-        (4, lambda nb: {Stage.UNMASK: {"c0", *nb[:2]}}, "self mask of 'c0' has only 2 share"),
-        (
-            4,
-            lambda nb: {Stage.MASKED_INPUT: {"c0"}, Stage.UNMASK: set(nb[:3])},
-            "seal key of 'c0' has only 1 share",
-        ),
+        (2, lambda nb: set(nb), "the self mask of 'c0' has only 1 surviving share holders"),
+        (4, lambda nb: set(nb[:3]), "the self mask of 'c0' has only 2 surviving share holders"),
+        (4, lambda nb: {"c0", *nb[:2]}, "the seal key of 'c0' has only 2 surviving share holders"),
     ],
-    ids=["survivors", "silent", "dropped"],
+    ids=["ring", "self-mask", "seal-key"],
 )
-def test_server_aborts_early_when_a_needed_secret_lost_its_holders(degree, drops, match):
+def test_server_aborts_early_when_a_needed_secret_lost_its_holders(degree, dropped, match):
     rnd = Epoch(n=8, t=3, degree=degree).until(Stage.MASKED_INPUT)
     neighbours = sorted(rnd.config.neighbours("c0"))
-    with pytest.raises(SecAggAbort, match=f"{match}.*threshold is 3"):
-        rnd.run_round(drops(neighbours))
-    assert not any(isinstance(r, RecoverResponse) for r in rnd.received)  # before stage 4
+    with pytest.raises(SecAggAbort, match=f"{match}, threshold is 3"):
+        rnd.step(skip=dropped(neighbours))
+    assert rnd.server.aborted and not rnd.unmask_replies(EPOCH)  # no share was asked for
 
 
 # -- messages ------------------------------------------------------------------------------
@@ -803,6 +847,12 @@ PACKAGE = {
     "seed_commitments": (b"d" * 32,),
     "sealed_seeds": b"s",
 }
+
+
+def unmask_response(**fields) -> UnmaskResponse:
+    """A stage-3 reply of 'a' that reveals nothing, but for ``fields``."""
+    empty = {"self_mask_owners": (), "self_mask_shares": (), "seed_owners": (), "seed_shares": ()}
+    return UnmaskResponse(round_id=1, sender="a", **{**empty, **fields})
 
 
 @pytest.mark.parametrize(
@@ -829,42 +879,26 @@ PACKAGE = {
             "parallel fields differ .*senders",
         ),
         (
-            lambda: UnmaskResponse(
-                round_id=1, sender="a", self_mask_seed=b"", seed_peers=("b",), pair_seeds=()
-            ),
-            "parallel fields differ .*seed_peers",
-        ),
-        (
-            lambda: RecoverResponse(
-                round_id=1,
-                sender="a",
-                self_mask_owners=("b",),
-                self_mask_shares=(),
-                seed_owners=(),
-                seed_shares=(),
-            ),
+            lambda: unmask_response(self_mask_owners=("a", "b"), self_mask_shares=(b"x",)),
             "parallel fields differ .*self_mask_owners",
         ),
         (
-            lambda: RecoverResponse(
-                round_id=1,
-                sender="a",
-                self_mask_owners=(),
-                self_mask_shares=(),
-                seed_owners=(),
-                seed_shares=(b"x",),
-            ),
+            lambda: unmask_response(seed_shares=(b"x",)),
             "parallel fields differ .*seed_owners",
+        ),
+        (
+            lambda: unmask_response(seed_owners=[2], seed_shares=[b"x"]),
+            "seed_owners is a sequence of str",
+        ),
+        (
+            lambda: unmask_response(self_mask_owners=("a",), self_mask_shares=("x",)),
+            "self_mask_shares is a sequence of bytes",
         ),
         (
             lambda: KeyAdvertisement(
                 round_id=-1, sender="a", enc_public_key=b"", mask_public_key=b""
             ),
             "round_id is a non-negative integer",
-        ),
-        (
-            lambda: RecoverRequest(round_id=1, receiver="a", self_mask_owners=(), seed_owners=[2]),
-            "seed_owners is a sequence of str",
         ),
         (
             lambda: UnmaskRequest(round_id=1, receiver="", survivors=(), dropped=()),

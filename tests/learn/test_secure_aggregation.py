@@ -17,8 +17,6 @@ from cordiale.crypto import (
     FixedPointCodec,
     KeyAdvertisement,
     MaskedInputResponse,
-    RecoverRequest,
-    RecoverResponse,
     ShareKeysResponse,
     UnmaskRequest,
     UnmaskResponse,
@@ -57,16 +55,27 @@ class RecordingTransport(InMemoryTransport):
         return replies
 
 
-def _federation(sites, *, strategy="fedavg", secure=True, rounds=1, before=None, **secagg):
-    transport = RecordingTransport(
-        {s: NodeRuntime(s, d).handle_bytes for s, d in sites.items()}, before=before
-    )
+def _federation(
+    sites,
+    *,
+    strategy="fedavg",
+    secure=True,
+    rounds=1,
+    before=None,
+    handlers=None,
+    task_context=None,
+    **secagg,
+):
+    """A federation over ``sites`` (each a NodeRuntime, unless ``handlers`` are given)."""
+    handlers = handlers or {s: NodeRuntime(s, d).handle_bytes for s, d in sites.items()}
+    transport = RecordingTransport(handlers, before=before)
     cfg = FederationConfig(
         study_id="secagg",
         rounds=rounds,
         seed=5,
         model=ModelSpec(hidden=(8,)),
         evaluate_every=0,
+        task_context=task_context or {},
         secure_aggregation=SecureAggregationConfig(**secagg) if secure else None,
     )
     fed = Federation(cfg, make_strategy(strategy), transport)
@@ -246,7 +255,7 @@ def test_a_node_refuses_a_request_for_both_shares(pima_sites):
 
 def test_when_every_node_refuses_the_round_fails(pima_sites):
     fed, _ = _federation(pima_sites, before=_ask_for_both_shares(set(SITES)))
-    with pytest.raises(SecAggAbort, match=r"0 share holders left.*consistency check failed"):
+    with pytest.raises(SecAggAbort, match=r"cannot reconstruct.*consistency check failed"):
         fed.step(1)
 
 
@@ -358,21 +367,17 @@ def test_protocol_messages_round_trip_through_content():
             **{**PACKAGE, "shares_round": 4}, masked=np.arange(5, dtype=np.uint64)
         ),
         "unmask": UnmaskResponse(
-            round_id=3, sender="a", self_mask_seed=b"s" * 32, seed_peers=(), pair_seeds=()
-        ),
-        "recover": RecoverResponse(
             round_id=3,
             sender="a",
-            self_mask_owners=("b",),
-            self_mask_shares=(b"123",),
+            self_mask_owners=("a", "b"),
+            self_mask_shares=(b"123", b"4"),
             seed_owners=("c",),
-            seed_shares=(b"45",),
+            seed_shares=(b"56",),
         ),
     }
-    requests = {
-        "recover": RecoverRequest(round_id=3, receiver="a", self_mask_owners=("b",), seed_owners=())
-    }
-    messages.update({f"{k} request": v for k, v in requests.items()})
+    messages["unmask request"] = UnmaskRequest(
+        round_id=3, receiver="a", survivors=("a", "b"), dropped=("c",)
+    )
     for key, msg in messages.items():
         step = key.removesuffix(" request")
         content = to_content(step, msg)
@@ -520,7 +525,7 @@ def test_a_site_that_missed_a_round_gets_fresh_keys_to_rejoin(pima_sites):
 
 def test_a_silent_survivor_is_recovered_from_shares(pima_sites):
     """site-1 sends its masked input and then goes silent while site-2 was lost: the others'
-    shares give site-1's self mask and site-2's round seeds (stage 'recover')."""
+    shares give site-1's self mask and site-2's seal key, hence its round seeds."""
 
     def lose(step, messages):
         if step == "masked_input":
@@ -531,7 +536,7 @@ def test_a_silent_survivor_is_recovered_from_shares(pima_sites):
     fed, transport = _federation(pima_sites, before=lose, threshold=2)
     record = fed.step(1)
     assert record.nodes == ["site-0", "site-1", "site-3"]
-    assert _steps_by_round(transport)[1][-1] == "recover"
+    assert _steps_by_round(transport)[1][-1] == "unmask"
     plain_weights, _ = _plain_updates(pima_sites, lost=("site-2",))
     _assert_same_weights(fed.weights, plain_weights)
 
@@ -543,17 +548,8 @@ def test_a_node_that_lost_its_epoch_is_rekeyed_next_round(pima_sites):
         if step == "masked_input" and messages[0].envelope.round == 2:
             nodes["site-1"].state.secagg.clear()  # a node restarted: its epoch keys are gone
 
-    transport = RecordingTransport({s: n.handle_bytes for s, n in nodes.items()}, before=restart)
-    cfg = FederationConfig(
-        study_id="secagg",
-        rounds=3,
-        seed=5,
-        model=ModelSpec(hidden=(8,)),
-        evaluate_every=0,
-        secure_aggregation=SecureAggregationConfig(),
-    )
-    fed = Federation(cfg, make_strategy("fedavg"), transport)
-    fed.setup()
+    handlers = {s: n.handle_bytes for s, n in nodes.items()}
+    fed, transport = _federation(pima_sites, rounds=3, before=restart, handlers=handlers)
     fed.step(1)
     second = fed.step(2)
     assert second.nodes == ["site-0", "site-2", "site-3"]
@@ -583,18 +579,13 @@ def test_protocol_steps_need_no_task_context_at_a_restarted_node(pima_sites):
             nodes["site-1"] = NodeRuntime("site-1", resolver(pima_sites["site-1"]))
 
     handlers = {s: (lambda data, s=s: nodes[s].handle_bytes(data)) for s in nodes}
-    transport = RecordingTransport(handlers, before=restart)
-    cfg = FederationConfig(
-        study_id="secagg",
+    fed, _ = _federation(
+        pima_sites,
         rounds=3,
-        seed=5,
-        model=ModelSpec(hidden=(8,)),
-        evaluate_every=0,
+        before=restart,
+        handlers=handlers,
         task_context={"data.dataset": "pima"},
-        secure_aggregation=SecureAggregationConfig(),
     )
-    fed = Federation(cfg, make_strategy("fedavg"), transport)
-    fed.setup()
     assert fed.step(1).nodes == SITES
     assert "site-1" in fed.step(2).failures
     assert fed.step(3).nodes == SITES

@@ -8,14 +8,13 @@ safetensors) can carry them without pickle. Constructors validate field types an
 tuples, arrays are copied and made read-only.
 
 The stages (Bonawitz et al. 2017; SecAgg+ of Bell et al. 2020; keys kept for an *epoch* of
-rounds, see :mod:`cordiale.crypto.secagg_client`). Stages 0-1 run once per epoch, stages 2-4
-once per round; stage 4 only when a survivor of stage 2 did not answer stage 3::
+rounds, see :mod:`cordiale.crypto.secagg_client`). Stages 0-1 run once per epoch, stages 2-3
+once per round::
 
     stage 0 ADVERTISE_KEYS  server -> AdvertiseKeysRequest  -> client -> KeyAdvertisement
     stage 1 SHARE_KEYS      server -> ShareKeysRequest      -> client -> ShareKeysResponse
     stage 2 MASKED_INPUT    server -> MaskedInputRequest    -> client -> MaskedInputResponse
     stage 3 UNMASK          server -> UnmaskRequest         -> client -> UnmaskResponse
-    stage 4 RECOVER         server -> RecoverRequest        -> client -> RecoverResponse
 
 A :class:`SharePackage` (the reply of stage 1, and part of every stage-2 reply) carries one
 round's secrets of its sender, Shamir-shared and encrypted for each neighbour, with hash
@@ -43,8 +42,6 @@ __all__ = [
     "KeyAdvertisement",
     "MaskedInputRequest",
     "MaskedInputResponse",
-    "RecoverRequest",
-    "RecoverResponse",
     "SecAggConfig",
     "ShareKeysRequest",
     "ShareKeysResponse",
@@ -62,7 +59,6 @@ class Stage(enum.IntEnum):
     SHARE_KEYS = 1
     MASKED_INPUT = 2
     UNMASK = 3
-    RECOVER = 4
 
 
 @dataclass(frozen=True)
@@ -283,9 +279,8 @@ class MaskedInputResponse(SharePackage):
 
 @dataclass(frozen=True)
 class UnmaskRequest(_Message):
-    """Stage 3, server to client: which of the nodes it masked with survived stage 2 (the
-    receiver reveals its own self-mask seed) and which dropped (it reveals its pairwise seeds
-    with them)."""
+    """Stage 3, server to client: which of the nodes it masked with survived stage 2 (reveal
+    their self-mask shares) and which dropped (reveal their seal-key shares)."""
 
     stage: ClassVar[Stage] = Stage.UNMASK
     round_id: int
@@ -296,37 +291,10 @@ class UnmaskRequest(_Message):
 
 @dataclass(frozen=True)
 class UnmaskResponse(_Message):
-    """Stage 3, client to server: its own self-mask seed and its round seed with each dropped
-    node of the request (``seed_peers``, ``pair_seeds`` parallel)."""
+    """Stage 3, client to server: encoded Shamir shares (see ``Share.to_bytes``) of the
+    survivors' self-mask seeds and, in ``seed_shares``, of the dropped nodes' seal keys."""
 
     stage: ClassVar[Stage] = Stage.UNMASK
-    _parallel: ClassVar[tuple[tuple[str, ...], ...]] = (("seed_peers", "pair_seeds"),)
-    round_id: int
-    sender: str
-    self_mask_seed: bytes
-    seed_peers: tuple[str, ...]
-    pair_seeds: tuple[bytes, ...]
-
-
-@dataclass(frozen=True)
-class RecoverRequest(_Message):
-    """Stage 4, server to client: survivors that did not answer stage 3 (reveal the share of
-    their self-mask seed) and dropped nodes whose round seeds are needed (``seed_owners``: reveal
-    the share of their seal key, which opens the round seeds sealed in their package)."""
-
-    stage: ClassVar[Stage] = Stage.RECOVER
-    round_id: int
-    receiver: str
-    self_mask_owners: tuple[str, ...]
-    seed_owners: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class RecoverResponse(_Message):
-    """Stage 4, client to server: encoded Shamir shares (see ``Share.to_bytes``) of self-mask
-    seeds and, in ``seed_shares``, of seal keys."""
-
-    stage: ClassVar[Stage] = Stage.RECOVER
     _parallel: ClassVar[tuple[tuple[str, ...], ...]] = (
         ("self_mask_owners", "self_mask_shares"),
         ("seed_owners", "seed_shares"),
@@ -354,7 +322,6 @@ ClientReply = TypeVar(
     ShareKeysResponse,
     MaskedInputResponse,
     UnmaskResponse,
-    RecoverResponse,
 )
 """Any client reply (for the typing of the state machines)."""
 

@@ -12,7 +12,7 @@ adds two pure, in-process drivers used by the tests and the simulation:
 
 ``drop_at`` maps a :class:`Stage` (or its number) to the clients that drop *at* that stage:
 they receive the stage's request but never reply, and are gone for the rest of the round (a
-client that dropped at stage 3 or 4 still sent its next share package and may take part in the
+client that dropped at stage 3 still sent its next share package and may take part in the
 next round; one that dropped earlier holds no package and is left out of the epoch).
 
 **Weighted averages.** Pass ``weights`` (non-negative integers) to :func:`run_secagg_round`
@@ -140,10 +140,7 @@ def run_rounds(
         unmasked = [
             clients[c].unmask(r) for c, r in _live(server.unmask(masked), drops[Stage.UNMASK])
         ]
-        recovered = [
-            clients[c].recover(r) for c, r in _live(server.recover(unmasked), drops[Stage.RECOVER])
-        ]
-        results.append(server.aggregate(recovered))
+        results.append(server.aggregate(unmasked))
     return results
 
 
@@ -222,7 +219,7 @@ def _drop_schedule(
         try:
             key = Stage(stage)
         except ValueError:
-            raise ConfigError(f"drop_at names stage {stage!r}; stages are 0..4") from None
+            raise ConfigError(f"drop_at names stage {stage!r}; stages are 0..3") from None
         unknown = sorted(set(dropped) - set(client_ids))
         if unknown:
             raise ConfigError(f"drop_at names unknown clients {unknown}")

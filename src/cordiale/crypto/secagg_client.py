@@ -6,7 +6,7 @@ and returns its reply; a transport carries the messages. Cryptographic primitive
 ``cryptography`` via :mod:`cordiale.crypto.primitives`.
 
 **Epochs.** Key agreement is the expensive part of the protocol (two X25519 exchanges per
-neighbour), so it runs once per *epoch* (stages 0-1) and each round of the epoch (stages 2-4)
+neighbour), so it runs once per *epoch* (stages 0-1) and each round of the epoch (stages 2-3)
 reuses its results. What makes the reuse safe is that no long-term secret is ever revealed:
 
 * stage 0 (once): two X25519 key pairs (c: channels, s: masks);
@@ -20,10 +20,9 @@ reuses its results. What makes the reuse safe is that no long-term secret is eve
 * stage 2 (each round): ``y_u = x_u + PRG(b_u) + sum_v ±PRG(s_uv,r) mod 2^bits`` over the
   neighbours ``v`` whose round shares it accepted (``V_u``), sent with its package for the
   next round;
-* stage 3: reveals its *own* ``b_u`` and its round seed ``s_uv,r`` with each dropped ``v`` (the
-  hub needs exactly these; ``v``'s input is not in the sum);
-* stage 4 (only if a survivor did not answer stage 3): the Shamir shares it holds of that
-  survivor's ``b`` and of dropped nodes' seal keys (which open their sealed round seeds).
+* stage 3: reveals the Shamir shares it holds (its own included) of each survivor's ``b`` and
+  of each dropped node's seal key ``e_v``, which opens ``v``'s sealed round seeds (``v``'s input
+  is not in the sum). Only shares leave, so every secret the server learns needs ``t`` holders.
 
 This departs from the original protocol, where a dropped node's mask *key* is reconstructed: with
 keys kept over rounds, that would hand the server the node's masks of every earlier round, whose
@@ -46,27 +45,24 @@ nothing more):
   and holds a share with the expected Shamir index; at least ``t`` members of its closed
   neighbourhood remain;
 * stage 3, the **consistency check**. Let ``S`` be the requested survivors and ``D`` the
-  dropped nodes. The client answers only if ``S`` and ``D`` are disjoint, ``u`` is in ``S``
-  (it did send its masked input), ``S ∪ D`` is exactly ``V_u ∪ {u}`` and ``|S| >= t``;
-* stage 4: it reveals ``b``-shares only of nodes of ``S`` other than itself and seed shares
-  only of nodes of ``D``, once: no sequence of requests obtains both secrets of one node of a
-  round from this client.
+  dropped nodes. The client answers only if ``S`` and ``D`` are disjoint (it never reveals both
+  shares of one node), ``u`` is in ``S`` (it did send its masked input), ``S ∪ D`` is exactly
+  ``V_u ∪ {u}`` and ``|S| >= t``. Since stage 3 runs once per round, no sequence of requests
+  obtains both shares of a node's round secrets from this client.
 
 Limitation (documented, not hidden): these checks are per client. A malicious server that shows
 *different* clients contradictory survivor sets (node v survived to some, dropped to others)
 is not detected by any single client; detecting that needs the signed consistency round of
 Bonawitz et al. (malicious model), which this semi-honest-server implementation does not have.
-Because stage 3 reveals a survivor's own self-mask seed and its neighbours' round seeds directly
-(not as shares behind the threshold), such a server can unmask one client's input of that round
-whatever ``t`` is; the original protocol's share-only stage 3 needs ``2t`` holders for the same
-lie. Restoring share-only unmasking is the next step (``docs/design.md``).
+As in the original protocol, such a lie gains a node's two secrets only from ``2t`` holders,
+more than a neighbourhood has when ``t`` is a majority of it (the default).
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import numpy as np
@@ -80,8 +76,6 @@ from .messages import (
     KeyAdvertisement,
     MaskedInputRequest,
     MaskedInputResponse,
-    RecoverRequest,
-    RecoverResponse,
     SecAggConfig,
     ShareKeysRequest,
     ShareKeysResponse,
@@ -101,7 +95,6 @@ _Request = TypeVar(
     ShareKeysRequest,
     MaskedInputRequest,
     UnmaskRequest,
-    RecoverRequest,
 )
 
 # What the client accepts in each phase of the epoch.
@@ -110,7 +103,6 @@ _EXPECTS: dict[str, tuple[Stage, ...]] = {
     "advertised": (Stage.SHARE_KEYS,),
     "ready": (Stage.MASKED_INPUT,),
     "masked": (Stage.UNMASK, Stage.MASKED_INPUT),
-    "unmasked": (Stage.RECOVER, Stage.MASKED_INPUT),
 }
 
 
@@ -122,21 +114,20 @@ class _Secrets:
     self_seed: bytes
     seal_key: bytes
     seeds: dict[str, bytes]
+    own_share: Share | None = None  # its own share of (self_seed, seal_key)
 
 
 @dataclass
 class _Round:
-    """A round after stage 2: its secrets, the shares it holds (``V_u``), the stage-3 sets."""
+    """A round after stage 2: its secrets and the shares it holds (of ``V_u``)."""
 
     secrets: _Secrets
     held: dict[str, Share]
-    survivors: frozenset[str] = field(default_factory=frozenset)
-    dropped: frozenset[str] = field(default_factory=frozenset)
 
 
 class SecAggClient:
-    """One client's state machine for one epoch: stages 0 and 1 once, then 2, 3 (and 4 when
-    asked) for each round."""
+    """One client's state machine for one epoch: stages 0 and 1 once, then 2 and 3 for each
+    round."""
 
     def __init__(self, client_id: str, config: SecAggConfig) -> None:
         self.client_id = client_id
@@ -193,13 +184,8 @@ class SecAggClient:
         return self._run(request, expected, lambda r: self._masked_input(r, x))
 
     def unmask(self, request: UnmaskRequest) -> UnmaskResponse:
-        """Stage 3: after the consistency check, reveal its own self-mask seed and its round
-        seeds with the dropped nodes."""
+        """Stage 3: after the consistency check, reveal one share per node it masked with."""
         return self._run(request, self._round_id(), self._unmask)
-
-    def recover(self, request: RecoverRequest) -> RecoverResponse:
-        """Stage 4: reveal the shares held of silent survivors and of dropped nodes."""
-        return self._run(request, self._round_id(), self._recover)
 
     # -- machinery ---------------------------------------------------------------------------
 
@@ -305,6 +291,7 @@ class SecAggClient:
         shares = split_secret(
             secrets.self_seed + secrets.seal_key, self.config.threshold, len(holders)
         )
+        secrets.own_share = shares[self.config.share_index(me, me) - 1]
         ciphertexts = []
         for v in self._peers:
             share = shares[self.config.share_index(me, v) - 1]
@@ -404,54 +391,20 @@ class SecAggClient:
             raise self._refuse(
                 f"only {len(survivors)} survivors in its neighbourhood, threshold is {t}"
             )
-        self._round.survivors, self._round.dropped = frozenset(survivors), frozenset(dropped)
-        secrets = self._round.secrets
-        self._phase = "unmasked"
-        peers = tuple(sorted(dropped))
+        held = {**self._round.held, me: self._round.secrets.own_share}
+        self._round, self._phase = None, "ready"
+        own, dead = sorted(survivors), sorted(dropped)
         return UnmaskResponse(
             round_id=request.round_id,
             sender=me,
-            self_mask_seed=secrets.self_seed,
-            seed_peers=peers,
-            pair_seeds=tuple(secrets.seeds[v] for v in peers),
-        )
-
-    def _recover(self, request: RecoverRequest) -> RecoverResponse:
-        assert self._round is not None
-        held = self._round.held
-        own = _distinct(request.self_mask_owners, "self-mask owners", self._refuse)
-        seeds = _distinct(request.seed_owners, "seed owners", self._refuse)
-        not_survivors = sorted(own - (self._round.survivors - {self.client_id}))
-        if not_survivors:
-            raise self._refuse(
-                f"consistency check failed: the server asks for self-mask shares of "
-                f"{not_survivors}, which it did not list as other survivors"
-            )
-        not_dropped = sorted(seeds - self._round.dropped)
-        if not_dropped:
-            raise self._refuse(
-                f"consistency check failed: the server asks for seed shares of {not_dropped}, "
-                "which it did not list as dropped"
-            )
-        self._round, self._phase = None, "ready"
-        return RecoverResponse(
-            round_id=request.round_id,
-            sender=self.client_id,
-            self_mask_owners=tuple(sorted(own)),
-            self_mask_shares=tuple(_part(held[v], 0, SEED_BYTES) for v in sorted(own)),
-            seed_owners=tuple(sorted(seeds)),
-            seed_shares=tuple(_part(held[v], SEED_BYTES, None) for v in sorted(seeds)),
+            self_mask_owners=tuple(own),
+            self_mask_shares=tuple(_part(held[v], 0, SEED_BYTES) for v in own),
+            seed_owners=tuple(dead),
+            seed_shares=tuple(_part(held[v], SEED_BYTES, None) for v in dead),
         )
 
 
-def _distinct(
-    names: tuple[str, ...], what: str, refuse: Callable[[str], SecAggAbort]
-) -> frozenset[str]:
-    if len(set(names)) != len(names):
-        raise refuse(f"the recovery request names {what} twice")
-    return frozenset(names)
-
-
-def _part(share: Share, start: int, stop: int | None) -> bytes:
+def _part(share: Share | None, start: int, stop: int | None) -> bytes:
     """The encoded share of one part of the shared secret (Shamir works byte by byte)."""
+    assert share is not None
     return Share(share.index, share.value[start:stop]).to_bytes()

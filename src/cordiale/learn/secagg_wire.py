@@ -34,8 +34,6 @@ from cordiale.crypto import (
     KeyAdvertisement,
     MaskedInputRequest,
     MaskedInputResponse,
-    RecoverRequest,
-    RecoverResponse,
     SecAggConfig,
     ShareKeysRequest,
     ShareKeysResponse,
@@ -63,7 +61,7 @@ _CFG: Final = "secagg.config."
 
 #: The protocol steps, in order, as named in ``config["secagg.stage"]``: the first two once per
 #: epoch, the others in every round.
-STEPS: Final = ("advertise_keys", "share_keys", "masked_input", "unmask", "recover")
+STEPS: Final = ("advertise_keys", "share_keys", "masked_input", "unmask")
 #: The step whose message carries the training task: the node trains, then masks its update.
 TRAINING_STEP: Final = "masked_input"
 REQUESTS: Final[dict[str, type]] = {
@@ -71,14 +69,12 @@ REQUESTS: Final[dict[str, type]] = {
     "share_keys": ShareKeysRequest,
     "masked_input": MaskedInputRequest,
     "unmask": UnmaskRequest,
-    "recover": RecoverRequest,
 }
 RESPONSES: Final[dict[str, type]] = {
     "advertise_keys": KeyAdvertisement,
     "share_keys": ShareKeysResponse,
     "masked_input": MaskedInputResponse,
     "unmask": UnmaskResponse,
-    "recover": RecoverResponse,
 }
 
 _M = TypeVar("_M")

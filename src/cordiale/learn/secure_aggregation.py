@@ -10,8 +10,8 @@ in messages of stage ``"secagg"`` (:mod:`cordiale.learn.secagg_wire`):
 2. ``masked_input``: each node gets the training task with the round's relayed share
    ciphertexts; it trains (:func:`~cordiale.learn.tasks.train_update`), encodes its update and
    answers with the masked vector (uniformly random on its own) and its next share package;
-3. ``unmask`` (and ``recover``, only if a survivor went silent): the secrets that remove the
-   masks of the sum.
+3. ``unmask``: each survivor's shares of the secrets that remove the masks of the sum (the
+   survivors' self-mask seeds, the dropped nodes' seal keys).
 
 So a round of an epoch costs two exchanges instead of one, and no key agreement. The hub
 (:class:`SecureAggregator`) keeps the epoch while the same sites hold share packages for the
@@ -39,8 +39,8 @@ the mean update differs from the plain weighted mean by at most ``k * 2^-17 / su
 element for ``k`` survivors (about ``1e-8`` for Pima).
 
 **Dropouts and refusals.** A node that does not answer a step is dropped by the protocol; its
-update is then not in the sum (its neighbours reveal their round seeds with it, or their shares
-of them). If fewer than ``threshold`` nodes remain the round fails with
+update is then not in the sum (its round seeds with its neighbours are opened with the
+survivors' shares of its seal key). If fewer than ``threshold`` nodes remain the round fails with
 :class:`~cordiale.core.errors.SecAggAbort`. A node that refuses a request (a replayed step, a
 tampered request such as one asking for both shares of a node) answers with an error reply,
 which the hub records as that node's failure.
@@ -352,9 +352,7 @@ class SecureAggregator:
         }
         masked = _replies(TRAINING_STEP, ok, server_round, failures)
         unmasked = _step(exchange, "unmask", server.unmask(masked), failures)
-        requests = server.recover(unmasked)
-        recovered = _step(exchange, "recover", requests, failures) if requests else []
-        return server.aggregate(recovered), privacy
+        return server.aggregate(unmasked), privacy
 
 
 def _step(
