@@ -64,7 +64,10 @@ class Epoch:
 
     ``stage`` is the stage whose ``requests`` are pending in round ``round_id``; ``replies``
     are the last replies handed to the server and ``received`` every reply it was given.
-    After stage 3 the server aggregates (``results``) and the next round starts at stage 2.
+    After stage 1, and after each round's stage 3 (the server aggregates: ``results``), a round
+    starts at stage 2: by default the next one over every client still in the epoch, or
+    ``next_round`` over ``members`` when a step names them. After the epoch's last round no
+    round starts (``finished``).
     """
 
     def __init__(
@@ -75,6 +78,7 @@ class Epoch:
         length: int = 16,
         bits: int = 32,
         graph_seed: bytes = b"",
+        rounds: int = 3,
     ) -> None:
         self.ids = [f"c{i}" for i in range(n)]
         self.config = SecAggConfig(
@@ -85,6 +89,7 @@ class Epoch:
             bits=bits,
             degree=degree,
             graph_seed=graph_seed,
+            rounds=rounds,
         )
         self.clients = {c: SecAggClient(c, self.config) for c in self.ids}
         self.server = SecAggServer(self.config)
@@ -95,6 +100,7 @@ class Epoch:
         self.results: list[AggregateResult] = []
         self.received: list[Any] = []
         self.replies: list[Any] = []
+        self.finished = False
         self.stage = Stage.ADVERTISE_KEYS
         self.requests: dict[str, Any] = self.server.advertise_keys()
 
@@ -122,31 +128,52 @@ class Epoch:
         """The honest replies to the pending requests of every client not in ``skip``."""
         return [self.answer(c, r) for c, r in self.requests.items() if c not in skip]
 
-    def step(self, skip: Collection[str] = ()) -> None:
-        """Honest clients (but those in ``skip``, who drop) answer; the server moves on."""
-        self.advance(self.replies_to(skip))
+    def step(
+        self,
+        skip: Collection[str] = (),
+        next_round: int | None = None,
+        members: Collection[str] | None = None,
+    ) -> None:
+        """Honest clients (but those in ``skip``, who drop) answer; the server moves on (see
+        :meth:`advance`)."""
+        self.advance(self.replies_to(skip), next_round, members)
 
-    def advance(self, replies: Iterable[Any]) -> None:
-        """Hand ``replies`` to the server's next step and take its requests."""
+    def advance(
+        self,
+        replies: Iterable[Any],
+        next_round: int | None = None,
+        members: Collection[str] | None = None,
+    ) -> None:
+        """Hand ``replies`` to the server's next step and take its requests; after stages 1
+        and 3, start round ``next_round`` (default: the next one) over ``members`` (default:
+        every client still in the epoch)."""
+        assert not self.finished, "the epoch is over"
         self.replies = list(replies)
         self.received.extend(self.replies)
         server, stage = self.server, self.stage
         if stage is Stage.UNMASK:
             self.results.append(server.aggregate(self.replies))
-            self.round_id += 1
-            self.vectors = self._draw()
-            self.requests, self.stage = server.masked_input(self.round_id), Stage.MASKED_INPUT
+            if next_round is None and self.round_id + 1 not in self.config.round_ids:
+                self.finished, self.requests = True, {}  # the epoch's last round is over
+                return
+            self.start(self.round_id + 1 if next_round is None else next_round, members)
             return
         if stage is Stage.SHARE_KEYS:
             server.collect_shares(self.replies)
-            self.requests = server.masked_input(self.round_id)
-        else:
-            following = {
-                Stage.ADVERTISE_KEYS: server.share_keys,
-                Stage.MASKED_INPUT: server.unmask,
-            }
-            self.requests = following[stage](self.replies)
+            self.start(self.round_id if next_round is None else next_round, members)
+            return
+        assert next_round is None and members is None, "a round starts after stage 1 or 3"
+        following = {
+            Stage.ADVERTISE_KEYS: server.share_keys,
+            Stage.MASKED_INPUT: server.unmask,
+        }
+        self.requests = following[stage](self.replies)
         self.stage = Stage(stage + 1)
+
+    def start(self, round_id: int, members: Collection[str] | None = None) -> None:
+        """Have the server start ``round_id`` over ``members`` (stage 2 requests)."""
+        self.round_id, self.stage, self.vectors = round_id, Stage.MASKED_INPUT, self._draw()
+        self.requests = self.server.masked_input(round_id, members)
 
     def until(self, stage: Stage, round_id: int | None = None) -> Epoch:
         """Run honestly until ``stage`` of ``round_id`` (default: the round in progress)."""
@@ -155,12 +182,21 @@ class Epoch:
             self.step()
         return self
 
-    def run_round(self, drop_at: Drops | None = None) -> AggregateResult:
-        """Finish the round in progress, ``drop_at[stage]`` dropping at each stage."""
+    def run_round(
+        self,
+        drop_at: Drops | None = None,
+        next_round: int | None = None,
+        members: Collection[str] | None = None,
+    ) -> AggregateResult:
+        """Finish the round in progress, ``drop_at[stage]`` dropping at each stage; then start
+        ``next_round`` over ``members`` (see :meth:`advance`)."""
         drops = {Stage(s): set(c) for s, c in (drop_at or {}).items()}
         done = len(self.results)
         while len(self.results) == done:
-            self.step(drops.get(self.stage, ()))
+            if self.stage is Stage.UNMASK:
+                self.step(drops.get(self.stage, ()), next_round, members)
+            else:
+                self.step(drops.get(self.stage, ()))
         return self.results[-1]
 
     def plain_sum(self, result: AggregateResult) -> np.ndarray:
@@ -176,15 +212,15 @@ class Epoch:
             r for r in self.received if isinstance(r, UnmaskResponse) and r.round_id == round_id
         ]
 
-    def package(self, owner: str, shares_round: int) -> SharePackage | None:
-        """The share package ``owner`` sent for round ``shares_round``, if the server got one."""
-        packages = [
-            p
-            for p in self.received
-            if isinstance(p, SharePackage) and (p.sender, p.shares_round) == (owner, shares_round)
-        ]
+    def package(self, owner: str) -> SharePackage | None:
+        """The share package ``owner`` sent for the epoch (stage 1), if the server got one."""
+        packages = [p for p in self.received if isinstance(p, SharePackage) and p.sender == owner]
         assert len(packages) <= 1
         return packages[0] if packages else None
+
+    def can_mask(self, client: str) -> list[int]:
+        """The rounds of the epoch that ``client`` would still mask now."""
+        return [r for r in self.config.round_ids if self.clients[client].can_mask(r)]
 
 
 Shares = dict[str, list[Share]]
@@ -205,12 +241,19 @@ def received_shares(replies: Iterable[UnmaskResponse]) -> tuple[Shares, Shares]:
     return selves, seals
 
 
-def open_sealed_seeds(package: SharePackage, seal_key: bytes) -> dict[str, bytes]:
-    """The pairwise round seeds that ``package`` sealed, by peer, opened with ``seal_key`` (as
-    the server does for a dropped node)."""
-    ad = _protocol.sealed_seeds_associated_data(package.shares_round, package.sender)
-    opened = decrypt(seal_key, package.sealed_seeds, ad)
-    return _protocol.split_round_seeds(opened, package.receivers)
+def open_sealed_seeds(package: SharePackage, round_id: int, seal_key: bytes) -> dict[str, bytes]:
+    """The pairwise seeds of ``round_id`` that ``package`` sealed, by peer, opened with
+    ``seal_key`` (as the server does for a dropped node); CryptoError if the key does not open
+    them."""
+    sealed = package.sealed_seeds[round_id - package.round_id]
+    ad = _protocol.sealed_seeds_associated_data(round_id, package.sender)
+    return _protocol.split_round_seeds(decrypt(seal_key, sealed, ad), package.receivers)
+
+
+def commitment_of(commitments: bytes, package: SharePackage, round_id: int) -> bytes:
+    """The commitment of ``round_id`` among a package's (one per round of the epoch)."""
+    at = (round_id - package.round_id) * _protocol.COMMITMENT_BYTES
+    return commitments[at : at + _protocol.COMMITMENT_BYTES]
 
 
 def refuse(
@@ -221,6 +264,6 @@ def refuse(
     with pytest.raises(error or SecAggAbort, match=match):
         epoch.answer(client, request)
     assert epoch.clients[client].aborted and epoch.clients[client].expects == ()
-    assert epoch.clients[client].next_round is None
+    assert epoch.can_mask(client) == []
     with pytest.raises(ProtocolError, match="aborted"):
         epoch.answer(client, request)

@@ -20,6 +20,7 @@ from cordiale.crypto import (
     run_rounds,
     run_secagg_round,
 )
+from cordiale.crypto.messages import MAX_EPOCH_ROUNDS
 
 CLIP = 1.0
 
@@ -198,11 +199,17 @@ def test_every_round_of_an_epoch_sums_exactly_with_dropouts(data):
     t = data.draw(st.integers(2, n), label="t")
     bits = data.draw(st.sampled_from([32, 64]), label="bits")
     epoch = data.draw(st.integers(0, 10**6), label="epoch")
+    rounds_run = data.draw(st.integers(2, 4), label="rounds run")
     config = SecAggConfig(
-        epoch_id=epoch, client_ids=tuple(ids(n)), threshold=t, vector_length=8, bits=bits
+        epoch_id=epoch,
+        client_ids=tuple(ids(n)),
+        threshold=t,
+        vector_length=8,
+        bits=bits,
+        rounds=rounds_run + data.draw(st.integers(0, 2), label="rounds left over"),
     )
     members, schedules, expected = set(ids(n)), [], []
-    for i in range(data.draw(st.integers(2, 4), label="rounds")):
+    for i in range(rounds_run):
         stages = list(Stage) if i == 0 else [Stage.MASKED_INPUT, Stage.UNMASK]
         order = data.draw(st.permutations(sorted(members)))
         counts = draw_counts(data, len(stages), len(members) - t)
@@ -219,6 +226,57 @@ def test_every_round_of_an_epoch_sums_exactly_with_dropouts(data):
     for result, words, survivors in zip(results, rounds, expected, strict=True):
         assert set(result.survivors) == survivors
         assert np.array_equal(result.total, ring_sum(words, survivors))
+
+
+def withstands(config: SecAggConfig, epoch: set[str], answering: set[str]) -> bool:
+    """Whether a round over the clients still in the ``epoch`` succeeds with no client left out
+    when only ``answering`` answer stage 3: each keeps t answering members of its closed
+    neighbourhood (they hold shares of its self mask, or of its seal key if it dropped)."""
+    t = config.threshold
+    return all(len((config.neighbours(v) | {v}) & answering) >= t for v in epoch)
+
+
+@settings(max_examples=10, deadline=None)
+@given(data=st.data())
+def test_a_long_secagg_plus_epoch_sums_every_round_exactly_with_dropouts(data):
+    """20 clients, degree 6, t = 3, 5 rounds from one key set-up: each round some clients drop
+    at stage 2 (they leave the epoch) or are silent at stage 3 (they come back next round), as
+    many as the graph tolerates; every round's sum is exact."""
+    n, rounds = 20, 5
+    config = SecAggConfig(
+        epoch_id=data.draw(st.integers(0, 10**6), label="epoch"),
+        client_ids=tuple(ids(n)),
+        threshold=3,
+        vector_length=8,
+        bits=data.draw(st.sampled_from([32, 64]), label="bits"),
+        degree=6,
+        graph_seed=data.draw(st.binary(min_size=4, max_size=4), label="graph seed"),
+        rounds=rounds,
+    )
+    epoch, schedules, expected = set(ids(n)), [], []
+    for _ in range(rounds):
+        order = data.draw(st.permutations(sorted(epoch)))
+        stages = data.draw(
+            st.lists(st.sampled_from([Stage.MASKED_INPUT, Stage.UNMASK]), min_size=4, max_size=4)
+        )
+        schedule: dict[Stage, set[str]] = {Stage.MASKED_INPUT: set(), Stage.UNMASK: set()}
+        for client, stage in zip(order, stages, strict=False):
+            answering = epoch - schedule[Stage.MASKED_INPUT] - schedule[Stage.UNMASK] - {client}
+            if withstands(config, epoch, answering):
+                schedule[stage].add(client)
+        expected.append(epoch - schedule[Stage.MASKED_INPUT])
+        epoch -= schedule[Stage.MASKED_INPUT]
+        schedules.append(schedule)
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**31), label="seed"))
+    words = [random_words(ids(n), 8, config.bits, rng) for _ in range(rounds)]
+    results = run_rounds(config, words, schedules)
+    assert [r.round_id for r in results] == list(config.round_ids)
+    for result, vectors, survivors in zip(results, words, expected, strict=True):
+        assert set(result.survivors) == survivors
+        assert np.array_equal(result.total, ring_sum(vectors, survivors))
+    for i in range(rounds - 1):  # silent at stage 3, still in the epoch: in the next round
+        back = schedules[i][Stage.UNMASK] - schedules[i + 1][Stage.MASKED_INPUT]
+        assert back <= set(results[i + 1].survivors)
 
 
 def spread(config: SecAggConfig, k: int) -> list[str]:
@@ -240,11 +298,12 @@ def test_dropouts_at_stages_2_and_3_in_successive_rounds(n, degree):
         vector_length=16,
         degree=degree,
         graph_seed=b"epoch",
+        rounds=4,
     )
     a, b, c = spread(config, 3)
     d, e = sorted(config.neighbours(c) - {a})[:2]  # they hold shares of c's self-mask seed
     schedules = [
-        {Stage.MASKED_INPUT: {a}},  # a leaves the epoch: no package for the next round
+        {Stage.MASKED_INPUT: {a}},  # a leaves the epoch: it is in no later round
         {Stage.UNMASK: {b}},  # b is silent: its self mask is rebuilt from the others' shares
         {Stage.UNMASK: {c, d}},  # c and d are silent: exactly t holders of c's secrets answer
         {},  # b, c and d take part again
@@ -263,12 +322,14 @@ def test_dropouts_at_stages_2_and_3_in_successive_rounds(n, degree):
         run_rounds(config, rounds, schedules)
 
 
-def test_a_client_left_out_of_a_round_is_out_of_the_epoch():
-    config = SecAggConfig(epoch_id=0, client_ids=tuple(ids(4)), threshold=2, vector_length=4)
+def test_a_client_left_out_of_a_round_takes_part_in_a_later_one():
+    config = SecAggConfig(
+        epoch_id=0, client_ids=tuple(ids(4)), threshold=2, vector_length=4, rounds=3
+    )
     rounds = [random_words(ids(4), 4, 32, np.random.default_rng(i)) for i in range(3)]
-    rounds[1].pop("site-03")  # no vector: not a member of round 1, holds no package for round 2
+    rounds[1].pop("site-03")  # no vector: not a member of round 1, but still in the epoch
     results = run_rounds(config, rounds)
-    assert [len(r.survivors) for r in results] == [4, 3, 3]
+    assert [r.survivors for r in results] == [tuple(ids(4)), tuple(ids(3)), tuple(ids(4))]
     assert all(
         np.array_equal(r.total, ring_sum(w, r.survivors))
         for r, w in zip(results, rounds, strict=True)
@@ -384,12 +445,27 @@ def _connected(graph: dict[str, set[str]]) -> bool:
         ({"bits": 16}, "32 or 64"),
         ({"epoch_id": -1}, "epoch_id"),
         ({"client_ids": tuple(ids(300)), "threshold": 2}, "exceeds the 255 shares"),
+        ({"rounds": 0}, r"an epoch serves 1\.\.1000 rounds, got 0"),
+        ({"rounds": -3}, r"an epoch serves 1\.\.1000 rounds, got -3"),
+        ({"rounds": MAX_EPOCH_ROUNDS + 1}, r"an epoch serves 1\.\.1000 rounds, got 1001"),
+        ({"rounds": True}, "rounds is an integer, got True"),
+        ({"rounds": 2.0}, "rounds is an integer, got 2.0"),
+        ({"rounds": "3"}, "rounds is an integer, got '3'"),
     ],
 )
 def test_bad_config_is_refused(kwargs, match):
     base = {"epoch_id": 0, "client_ids": tuple(ids(5)), "threshold": 3, "vector_length": 4}
     with pytest.raises(CryptoError, match=match):
         SecAggConfig(**{**base, **kwargs})
+
+
+@pytest.mark.parametrize(("epoch_id", "rounds"), [(0, 1), (12, 5), (3, MAX_EPOCH_ROUNDS)])
+def test_an_epoch_serves_its_rounds(epoch_id, rounds):
+    config = SecAggConfig(
+        epoch_id=epoch_id, client_ids=tuple(ids(3)), threshold=2, vector_length=1, rounds=rounds
+    )
+    assert config.round_ids == range(epoch_id, epoch_id + rounds)
+    assert SecAggConfig(epoch_id=0, client_ids=("a", "b"), threshold=2, vector_length=1).rounds == 1
 
 
 def test_large_federation_needs_secagg_plus():
@@ -412,12 +488,16 @@ def test_driver_errors():
         run_secagg_round({"a": np.zeros(2)}, clip=CLIP)
     with pytest.raises(ConfigError, match="weights"):
         run_secagg_round(inputs, clip=CLIP, weights={"site-00": 1})
-    config = SecAggConfig(epoch_id=0, client_ids=tuple(ids(3)), threshold=2, vector_length=2)
+    config = SecAggConfig(
+        epoch_id=0, client_ids=tuple(ids(3)), threshold=2, vector_length=2, rounds=2
+    )
     with pytest.raises(ConfigError, match="one vector per client"):
         run_protocol(config, {})
     vectors = {c: np.zeros(2, dtype=np.uint32) for c in ids(3)}
     with pytest.raises(ConfigError, match="one schedule per round"):
         run_rounds(config, [vectors, vectors], [None])
+    with pytest.raises(ConfigError, match="3 rounds given, the epoch serves 2"):
+        run_rounds(config, [vectors] * 3)
     with pytest.raises(ConfigError, match="not in the config"):
         run_rounds(config, [vectors, {**vectors, "nobody": vectors["site-00"]}])
     with pytest.raises(ConfigError, match="one vector per client"):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pytest
@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from secagg_harness import (
     EPOCH,
     Epoch,
+    commitment_of,
     draw_counts,
     drop_schedule,
     open_sealed_seeds,
@@ -33,6 +34,7 @@ from cordiale.crypto import (
     KeyPair,
     MaskedInputRequest,
     MaskedInputResponse,
+    SecAggClient,
     SecAggServer,
     Share,
     ShareKeysRequest,
@@ -96,28 +98,55 @@ def test_prg_output_is_uniform():
     assert chi_square_p(np.bincount((words >> np.uint32(28)).astype(int), minlength=16)) > ALPHA
 
 
-def ciphertexts(rnd: Epoch, shares_round: int) -> dict[tuple[str, str], bytes]:
-    """(sender, receiver) -> ciphertext of the share packages the server got for a round."""
+def ciphertexts(rnd: Epoch) -> dict[tuple[str, str], bytes]:
+    """(sender, receiver) -> ciphertext of the share packages the server got (stage 1)."""
     return {
         (p.sender, receiver): ct
         for p in rnd.received
-        if isinstance(p, SharePackage) and p.shares_round == shares_round
+        if isinstance(p, SharePackage)
         for receiver, ct in zip(p.receivers, p.ciphertexts, strict=True)
     }
 
 
-def test_server_only_relays_ciphertexts_unchanged():
-    rnd = Epoch()
-    for round_id in (EPOCH, EPOCH + 1):  # packages from stage 1, then from stage 2
+def relayed(requests: dict[str, MaskedInputRequest]) -> dict[tuple[str, str], bytes]:
+    """(sender, receiver) -> ciphertext relayed in stage-2 requests."""
+    return {
+        (sender, receiver): ct
+        for receiver, request in requests.items()
+        for sender, ct in zip(request.senders, request.ciphertexts, strict=True)
+    }
+
+
+def test_server_relays_the_ciphertexts_unchanged_once_an_epoch():
+    rnd = Epoch(rounds=3).until(Stage.MASKED_INPUT)
+    sent = ciphertexts(rnd)
+    assert relayed(rnd.requests) == sent and len(sent) == 5 * 4  # all in the first round
+    share_bytes = 2 * 32 * 3  # each holds a share of 3 rounds' (self-mask seed, seal key)
+    assert all(len(ct) > share_bytes for ct in sent.values())
+    for round_id in (EPOCH + 1, EPOCH + 2):
         rnd.until(Stage.MASKED_INPUT, round_id)
-        sent = ciphertexts(rnd, round_id)
-        relayed = {
-            (sender, receiver): ct
-            for receiver, request in rnd.requests.items()
-            for sender, ct in zip(request.senders, request.ciphertexts, strict=True)
-        }
-        assert relayed == sent and len(sent) == 5 * 4
-    assert not set(ciphertexts(rnd, EPOCH).values()) & set(ciphertexts(rnd, EPOCH + 1).values())
+        assert set(rnd.requests) == set(rnd.ids) and relayed(rnd.requests) == {}
+        for c, request in rnd.requests.items():  # the round's neighbours are named every round
+            assert request.neighbours == tuple(v for v in rnd.ids if v != c)
+        result = rnd.run_round()
+        assert np.array_equal(result.total, rnd.plain_sum(result))
+    assert len(rnd.results) == 3 and rnd.finished
+
+
+def test_a_client_first_in_a_later_round_gets_its_ciphertexts_then():
+    rnd = Epoch(rounds=3).until(Stage.SHARE_KEYS)
+    rnd.step(members={"c0", "c1", "c2", "c3"})  # c4 is left out of round 7, not of the epoch
+    assert "c4" not in rnd.requests and relayed(rnd.requests) == {
+        k: ct for k, ct in ciphertexts(rnd).items() if k[1] != "c4"
+    }
+    assert rnd.can_mask("c4") == [EPOCH, EPOCH + 1, EPOCH + 2]
+    result = rnd.run_round()
+    assert result.survivors == ("c0", "c1", "c2", "c3")
+    assert np.array_equal(result.total, rnd.plain_sum(result))
+    assert relayed(rnd.requests) == {k: ct for k, ct in ciphertexts(rnd).items() if k[1] == "c4"}
+    result = rnd.run_round()
+    assert result.survivors == tuple(rnd.ids)
+    assert np.array_equal(result.total, rnd.plain_sum(result))
 
 
 # -- epochs: keys agreed once, secrets revealed for one round only -------------------------
@@ -136,11 +165,19 @@ def test_keys_are_agreed_once_per_epoch(monkeypatch):
         generated.append(real_generate())
         return generated[-1]
 
+    def counting_split(secret: bytes, t: int, n: int) -> list[Share]:
+        split.append(len(secret))
+        return real_split(secret, t, n)
+
+    split: list[int] = []
+    real_split = secagg_client.split_secret
     monkeypatch.setattr(_protocol, "agree", counting_agree)
     monkeypatch.setattr(secagg_client, "generate_keypair", counting_generate)
-    rnd = Epoch(n=8, t=3, degree=4).until(Stage.MASKED_INPUT)
+    monkeypatch.setattr(secagg_client, "split_secret", counting_split)
+    rnd = Epoch(n=8, t=3, degree=4, rounds=4).until(Stage.MASKED_INPUT)
     adverts = [a for a in rnd.received if isinstance(a, KeyAdvertisement)]
     assert len(generated) == 2 * 8 and len(adverts) == 8
+    assert split == [2 * 32 * 4] * 8  # each client shares all 4 rounds' secrets in stage 1
     for a in adverts:  # one agreement per key pair and neighbour: channel key and pair key
         degree = len(rnd.config.neighbours(a.sender))
         assert agreed[a.enc_public_key] == agreed[a.mask_public_key] == degree
@@ -151,6 +188,7 @@ def test_keys_are_agreed_once_per_epoch(monkeypatch):
         result = rnd.run_round(schedule)
         assert np.array_equal(result.total, rnd.plain_sum(result))
     assert sum(agreed.values()) == set_up and len(generated) == 2 * 8
+    assert len(split) == 8 and rnd.finished
 
 
 def test_a_reconstructed_round_seed_is_bound_to_its_round(monkeypatch):
@@ -162,7 +200,7 @@ def test_a_reconstructed_round_seed_is_bound_to_its_round(monkeypatch):
         return real_agree(own, peer_public, info)
 
     monkeypatch.setattr(_protocol, "agree", recording_agree)
-    rnd = Epoch()
+    rnd = Epoch(rounds=3)
     rnd.run_round({Stage.MASKED_INPUT: {"c4"}})  # round 7: c0..c3 reveal c4's seal-key shares
     rnd.run_round({Stage.MASKED_INPUT: {"c3"}})  # round 8: c0..c2 reveal c3's seal-key shares
     opened = {}  # (round, dropped node, peer) -> the round seed the server opens
@@ -170,8 +208,7 @@ def test_a_reconstructed_round_seed_is_bound_to_its_round(monkeypatch):
         _, seals = received_shares(rnd.unmask_replies(round_id))
         assert set(seals) == {dropped}
         seal_key = combine_shares(seals[dropped], rnd.config.threshold)
-        package = rnd.package(dropped, round_id)
-        seeds = open_sealed_seeds(package, seal_key)
+        seeds = open_sealed_seeds(rnd.package(dropped), round_id, seal_key)
         opened |= {(round_id, dropped, v): seed for v, seed in seeds.items()}
     assert set(opened) == {(EPOCH, "c4", c) for c in ("c0", "c1", "c2", "c3")} | {
         (EPOCH + 1, "c3", c) for c in ("c0", "c1", "c2", "c4")
@@ -187,11 +224,12 @@ def test_a_reconstructed_round_seed_is_bound_to_its_round(monkeypatch):
         for other in (round_id - 1, round_id, round_id + 1):
             other_seed = _protocol.round_seed(key, other, u, v)
             assert (other_seed == seed) == (other == round_id)
-            for owner, partner in ((u, v), (v, u)):  # both ends commit to the round's seed
-                package = rnd.package(owner, other)
-                if package is None:  # no round 6; c4 left the epoch in round 7
-                    continue
-                commitment = package.seed_commitments[package.receivers.index(partner)]
+            if other not in rnd.config.round_ids:  # no round 6
+                continue
+            for owner, partner in ((u, v), (v, u)):  # both ends commit to each round's seed
+                package = rnd.package(owner)
+                commitments = package.seed_commitments[package.receivers.index(partner)]
+                commitment = commitment_of(commitments, package, other)
                 assert commitment == _protocol.seed_commitment(other, u, v, other_seed)
                 assert (commitment == _protocol.seed_commitment(other, u, v, seed)) == (
                     other == round_id
@@ -203,9 +241,9 @@ def test_a_reconstructed_round_seed_is_bound_to_its_round(monkeypatch):
 def test_the_server_never_holds_both_secrets_of_a_node_in_a_round(data):
     n = data.draw(st.integers(5, 8), label="n")
     t = data.draw(st.integers(2, n - 2), label="t")
-    rnd = Epoch(n=n, t=t, length=4).until(Stage.MASKED_INPUT)
+    rnd = Epoch(n=n, t=t, length=4, rounds=3).until(Stage.MASKED_INPUT)
     stages = [Stage.MASKED_INPUT, Stage.UNMASK]
-    for least in ([1, 1], []):  # the first round has dropouts at stages 2 and 3 at least
+    for least in ([1, 1], [], []):  # the first round has dropouts at stages 2 and 3 at least
         members = sorted(rnd.requests)
         order = data.draw(st.permutations(members))
         counts = draw_counts(data, len(stages), len(members) - t, least)
@@ -224,13 +262,47 @@ def test_the_server_never_holds_both_secrets_of_a_node_in_a_round(data):
             assert len(selves.get(v, [])) < t or len(seals.get(v, [])) < t
 
 
-def lie_about(rnd: Epoch, victim: str, truthful: int) -> tuple[int, int, np.ndarray]:
+@dataclass
+class Leak:
+    """What a server learns of one node from the stage-3 shares of a round: how many shares of
+    its self-mask seed and of its seal key, and the secrets they rebuild (t shares or more)."""
+
+    round_id: int
+    self_shares: int
+    seal_shares: int
+    self_seed: bytes | None
+    seal_key: bytes | None
+    seeds: dict[str, bytes] | None  # the pairwise seeds the seal key opens
+
+
+def leak_of(rnd: Epoch, replies: list[UnmaskResponse], node: str, round_id: int) -> Leak:
+    t = rnd.config.threshold
+    selves, seals = received_shares(replies)
+    mine, sealed = selves.get(node, []), seals.get(node, [])
+    self_seed = combine_shares(mine, t) if len(mine) >= t else None
+    seal_key = combine_shares(sealed, t) if len(sealed) >= t else None
+    seeds = None
+    if seal_key is not None:
+        seeds = open_sealed_seeds(rnd.package(node), round_id, seal_key)
+    return Leak(round_id, len(mine), len(sealed), self_seed, seal_key, seeds)
+
+
+def strip(masked: np.ndarray, node: str, leak: Leak, bits: int) -> np.ndarray:
+    """``node``'s masked input with every mask the leaked secrets remove taken off."""
+    residue = masked.copy()
+    if leak.self_seed is not None:
+        residue -= expand_mask(leak.self_seed, residue.size, bits)
+    for peer, seed in (leak.seeds or {}).items():
+        _protocol.add_pairwise_mask(residue, seed, node, peer, subtract=True)
+    return residue
+
+
+def lie_about(rnd: Epoch, victim: str, truthful: int) -> tuple[Leak, np.ndarray]:
     """Play a server lying at stage 3 of a round without dropouts: the victim is told that all
     its neighbours survived; of its neighbours (in order), the first ``truthful`` are told that
     it survived and the others that it dropped. The honest clients all answer (each one's view
-    is consistent); returns the numbers of self-mask and seal-key shares of the victim the
-    server gets, and the victim's masked input with every mask those shares remove taken off."""
-    t = rnd.config.threshold
+    is consistent); returns what the server learns of the victim, and the victim's masked input
+    with every mask that removes taken off."""
     told_dropped = sorted(rnd.config.neighbours(victim))[truthful:]
     replies = []
     for c, request in rnd.requests.items():
@@ -238,17 +310,9 @@ def lie_about(rnd: Epoch, victim: str, truthful: int) -> tuple[int, int, np.ndar
             survivors = tuple(s for s in request.survivors if s != victim)
             request = replace(request, survivors=survivors, dropped=(victim,))
         replies.append(rnd.answer(c, request))
-    selves, seals = received_shares(replies)
-    mine, sealed = selves.get(victim, []), seals.get(victim, [])
+    leak = leak_of(rnd, replies, victim, rnd.round_id)
     (masked,) = [r.masked for r in rnd.replies if r.sender == victim]
-    residue = masked.copy()
-    if len(mine) >= t:
-        residue -= expand_mask(combine_shares(mine, t), residue.size, rnd.config.bits)
-    if len(sealed) >= t:
-        package = rnd.package(victim, rnd.round_id)
-        for peer, seed in open_sealed_seeds(package, combine_shares(sealed, t)).items():
-            _protocol.add_pairwise_mask(residue, seed, victim, peer, subtract=True)
-    return len(mine), len(sealed), residue
+    return leak, strip(masked, victim, leak, rnd.config.bits)
 
 
 @pytest.mark.parametrize("truthful", range(5))
@@ -261,11 +325,11 @@ def test_a_server_lying_about_a_victim_cannot_unmask_it(n, degree, truthful):
     rnd = Epoch(n=n, t=3, degree=degree).until(Stage.UNMASK)
     victim = "c0"
     assert len(rnd.config.neighbours(victim)) == 4
-    mine, sealed, residue = lie_about(rnd, victim, truthful)
+    leak, residue = lie_about(rnd, victim, truthful)
     # The victim gives its own share of its self mask (it is listed as a survivor); a neighbour
     # gives a share of the self mask or of the seal key, never both.
-    assert (mine, sealed) == (1 + truthful, 4 - truthful)
-    assert min(mine, sealed) < 3
+    assert (leak.self_shares, leak.seal_shares) == (1 + truthful, 4 - truthful)
+    assert leak.self_seed is None or leak.seal_key is None
     # With truthful <= 1 (the full lie) the seal key opens and every pairwise mask comes off,
     # but the self mask stays: the victim's input remains hidden.
     assert not np.array_equal(residue, rnd.inputs[rnd.round_id][victim])
@@ -275,9 +339,82 @@ def test_a_minority_threshold_lets_a_lying_server_unmask_a_victim():
     """The documented limit: with t = 2 of 5, not a majority, the same lie unmasks the victim,
     so the check above does detect a successful attack."""
     rnd = Epoch(n=5, t=2).until(Stage.UNMASK)
-    mine, sealed, residue = lie_about(rnd, "c0", truthful=1)
-    assert (mine, sealed) == (2, 3)
+    leak, residue = lie_about(rnd, "c0", truthful=1)
+    assert (leak.self_shares, leak.seal_shares) == (2, 3)
     assert np.array_equal(residue, rnd.inputs[rnd.round_id]["c0"])
+
+
+@pytest.mark.parametrize("later", [1, 2])
+def test_secrets_a_lying_server_gains_unmask_only_their_round(later):
+    """What the lie above gains in round 7 (with t = 2: the victim's self-mask seed and seal key
+    of round 7, and the round-7 seeds it sealed) unmasks its round-7 input exactly, and nothing
+    of its input in a later round of the epoch, which it masks with other secrets."""
+    rnd = Epoch(n=5, t=2, rounds=3).until(Stage.UNMASK)
+    leak, residue = lie_about(rnd, "c0", truthful=1)
+    assert np.array_equal(residue, rnd.inputs[EPOCH]["c0"])  # the attack works in its round
+    round_id, package = EPOCH + later, rnd.package("c0")
+    # The lying server asks the victim to mask a later round (no ciphertexts: they came once).
+    request = MaskedInputRequest(
+        round_id=round_id,
+        receiver="c0",
+        neighbours=("c1", "c2", "c3", "c4"),
+        senders=(),
+        receivers=(),
+        ciphertexts=(),
+    )
+    masked = rnd.answer("c0", request).masked
+    stripped = strip(masked, "c0", leak, rnd.config.bits)
+    plain = rnd.inputs[round_id]["c0"]
+    assert np.mean(stripped == plain) < 0.01 and np.mean(masked == plain) < 0.01
+    # Nor do the round-7 secrets open or match any of the later round's.
+    with pytest.raises(CryptoError, match="authentication failed"):
+        open_sealed_seeds(package, round_id, leak.seal_key)
+    ad = _protocol.sealed_seeds_associated_data(EPOCH, "c0")  # nor under round 7's data
+    with pytest.raises(CryptoError, match="authentication failed"):
+        primitives.decrypt(leak.seal_key, package.sealed_seeds[later], ad)
+    committed = commitment_of(package.self_mask_commitments, package, round_id)
+    assert committed != _protocol.self_mask_commitment(round_id, "c0", leak.self_seed)
+    for peer, seed in leak.seeds.items():
+        commitments = package.seed_commitments[package.receivers.index(peer)]
+        later_commitment = commitment_of(commitments, package, round_id)
+        assert later_commitment != _protocol.seed_commitment(round_id, "c0", peer, seed)
+
+
+def test_a_dropped_nodes_seal_key_opens_only_the_round_it_dropped_in():
+    """c4 survives round 7 (the server rebuilds its round-7 self-mask seed) and drops at stage 2
+    of round 8 (the server rebuilds its round-8 seal key and opens its round-8 seeds). None of
+    that opens c4's sealed seeds of rounds 7 and 9, and its inputs of rounds 7 and 9 (had it
+    masked round 9) stay masked with all of it taken off."""
+    rnd = Epoch(rounds=3)
+    rnd.run_round()
+    rnd.until(Stage.MASKED_INPUT, EPOCH + 1)
+    nine = replace(rnd.requests["c4"], round_id=EPOCH + 2)  # a round-9 request, as of round 8
+    result = rnd.run_round({Stage.MASKED_INPUT: {"c4"}})
+    assert result.survivors == ("c0", "c1", "c2", "c3")
+    assert np.array_equal(result.total, rnd.plain_sum(result))
+    round_7 = leak_of(rnd, rnd.unmask_replies(EPOCH), "c4", EPOCH)
+    round_8 = leak_of(rnd, rnd.unmask_replies(EPOCH + 1), "c4", EPOCH + 1)
+    assert round_7.self_seed is not None and round_7.seal_key is None
+    assert round_8.self_seed is None and round_8.seeds is not None  # round 8's seeds open
+    assert set(round_8.seeds) == {"c0", "c1", "c2", "c3"}
+    package = rnd.package("c4")
+    for round_id in (EPOCH, EPOCH + 2):
+        with pytest.raises(CryptoError, match="authentication failed"):
+            open_sealed_seeds(package, round_id, round_8.seal_key)
+        ad = _protocol.sealed_seeds_associated_data(EPOCH + 1, "c4")  # nor under round 8's data
+        with pytest.raises(CryptoError, match="authentication failed"):
+            primitives.decrypt(round_8.seal_key, package.sealed_seeds[round_id - EPOCH], ad)
+    # All the server holds of c4 in this epoch, taken off together.
+    everything = Leak(EPOCH + 1, 0, 0, round_7.self_seed, round_8.seal_key, round_8.seeds)
+    (masked_7,) = [
+        r.masked
+        for r in rnd.received
+        if isinstance(r, MaskedInputResponse) and (r.sender, r.round_id) == ("c4", EPOCH)
+    ]
+    masked_9 = rnd.answer("c4", nine).masked  # c4 still masks round 9 if asked
+    for round_id, masked in ((EPOCH, masked_7), (EPOCH + 2, masked_9)):
+        stripped = strip(masked, "c4", everything, rnd.config.bits)
+        assert not np.any(stripped == rnd.inputs[round_id]["c4"])
 
 
 # -- the honest client's refusals ----------------------------------------------------------
@@ -346,27 +483,66 @@ def test_a_replayed_stage_is_refused(stage):
     assert not rnd.clients["c0"].aborted
 
 
-def test_a_round_is_masked_once_and_only_with_its_package():
-    rnd = Epoch().until(Stage.MASKED_INPUT)
+def out_of_order(round_id: int, expected: str) -> str:
+    return (
+        rf"'c0': stage MASKED_INPUT for round {round_id}, expected {expected} "
+        r"\(a replayed or out-of-order request\)"
+    )
+
+
+def test_each_round_of_the_epoch_is_masked_once_in_order():
+    rnd = Epoch(rounds=3).until(Stage.MASKED_INPUT)
     request, client = rnd.requests["c0"], rnd.clients["c0"]
-    assert client.next_round == EPOCH
+    assert rnd.can_mask("c0") == [7, 8, 9] and not client.can_mask(6) and not client.can_mask(10)
+    beyond = replace(request, round_id=EPOCH + 3, senders=(), receivers=(), ciphertexts=())
+    with pytest.raises(ProtocolError, match=out_of_order(10, r"a round in 7\.\.9")):
+        rnd.answer("c0", beyond)
     reply = rnd.answer("c0", request)
-    assert client.next_round == EPOCH + 1 and reply.shares_round == EPOCH + 1
-    with pytest.raises(ProtocolError, match="MASKED_INPUT for round 7, expected round 8"):
+    assert rnd.can_mask("c0") == [8, 9]
+    with pytest.raises(ProtocolError, match=out_of_order(7, r"a round in 8\.\.9")):
         rnd.answer("c0", request)
-    with pytest.raises(ProtocolError, match="for round 12, expected round 8"):
-        rnd.answer("c0", replace(request, round_id=EPOCH + 5, next_round=EPOCH + 6))
+    with pytest.raises(ProtocolError, match=out_of_order(12, r"a round in 8\.\.9")):
+        rnd.answer("c0", replace(request, round_id=EPOCH + 5))
     assert not client.aborted
     rnd.advance([reply, *rnd.replies_to(skip={"c0"})])
     rnd.until(Stage.MASKED_INPUT, EPOCH + 1)
-    with pytest.raises(ProtocolError, match="MASKED_INPUT for round 7, expected round 8"):
+    with pytest.raises(ProtocolError, match=out_of_order(7, r"a round in 8\.\.9")):
         rnd.answer("c0", request)
-    refuse(
-        rnd,
-        "c0",
-        replace(rnd.requests["c0"], next_round=EPOCH + 1),
-        "the next round 8 does not follow round 8",
-    )
+    later = rnd.requests["c0"]
+    rnd.step()
+    assert rnd.can_mask("c0") == [9]
+    for round_id in (EPOCH, EPOCH + 1, EPOCH + 3):  # the round it masked, before and after
+        with pytest.raises(ProtocolError, match=out_of_order(round_id, "round 9")):
+            rnd.answer("c0", replace(later, round_id=round_id))
+    rnd.step()
+    result = rnd.run_round()
+    assert result.round_id == EPOCH + 2 and rnd.finished and rnd.can_mask("c0") == []
+    assert np.array_equal(result.total, rnd.plain_sum(result))
+    with pytest.raises(ProtocolError, match=out_of_order(9, "no round")):
+        rnd.answer("c0", replace(later, round_id=EPOCH + 2))
+    assert not client.aborted
+
+
+def test_rounds_may_be_skipped_but_each_is_masked_once():
+    rnd = Epoch(rounds=4).until(Stage.SHARE_KEYS)
+    rnd.step(next_round=EPOCH + 1)  # the epoch starts with its second round
+    assert rnd.can_mask("c0") == [7, 8, 9, 10]
+    result = rnd.run_round(next_round=EPOCH + 3)  # and skips round 9
+    assert result.round_id == EPOCH + 1 and np.array_equal(result.total, rnd.plain_sum(result))
+    assert rnd.can_mask("c0") == [9, 10]  # once it masked round 8, rounds 7 and 8 are gone
+    request = rnd.requests["c0"]
+    assert request.round_id == EPOCH + 3
+    for round_id in (EPOCH, EPOCH + 1, EPOCH + 4):
+        with pytest.raises(ProtocolError, match=out_of_order(round_id, r"a round in 9\.\.10")):
+            rnd.answer("c0", replace(request, round_id=round_id))
+    result = rnd.run_round()
+    assert result.round_id == EPOCH + 3 and result.survivors == tuple(rnd.ids)
+    assert np.array_equal(result.total, rnd.plain_sum(result))
+    assert rnd.finished and [r.round_id for r in rnd.results] == [EPOCH + 1, EPOCH + 3]
+    assert rnd.can_mask("c0") == []  # round 9, skipped, can no longer be masked
+    with pytest.raises(ProtocolError, match=out_of_order(EPOCH + 2, "no round")):
+        rnd.answer("c0", replace(request, round_id=EPOCH + 2))
+    assert not rnd.clients["c0"].aborted
 
 
 def test_a_survivor_silent_at_stage_3_counts_and_takes_part_in_the_next_round():
@@ -377,8 +553,8 @@ def test_a_survivor_silent_at_stage_3_counts_and_takes_part_in_the_next_round():
     assert result.survivors == ("c0", "c1", "c2", "c3")  # c3's mask from the others' shares
     assert np.array_equal(result.total, rnd.plain_sum(result))
     assert set(rnd.requests) == {"c0", "c1", "c2", "c3"}  # c3 was silent at stage 3 only
-    assert rnd.clients["c3"].next_round == EPOCH + 1
-    assert rnd.clients["c4"].next_round == EPOCH  # it never masked round 7
+    assert rnd.can_mask("c3") == [EPOCH + 1, EPOCH + 2]
+    assert rnd.clients["c3"].expects == (Stage.UNMASK, Stage.MASKED_INPUT)
     assert rnd.server.ready(EPOCH + 1) == frozenset()  # round 8 is in progress
     rnd.step()
     with pytest.raises(ProtocolError, match="UNMASK for round 7, expected round 8"):
@@ -386,6 +562,21 @@ def test_a_survivor_silent_at_stage_3_counts_and_takes_part_in_the_next_round():
     result = rnd.run_round()
     assert result.survivors == ("c0", "c1", "c2", "c3")
     assert np.array_equal(result.total, rnd.plain_sum(result))
+
+
+def test_a_client_dropped_at_stage_2_is_out_of_the_rest_of_the_epoch():
+    rnd = dropout_round(Epoch(rounds=3), dropped={"c4"})
+    assert rnd.can_mask("c4") == [EPOCH, EPOCH + 1, EPOCH + 2]  # it does not know it dropped
+    result = rnd.run_round()
+    assert result.survivors == ("c0", "c1", "c2", "c3")
+    assert np.array_equal(result.total, rnd.plain_sum(result))
+    assert rnd.server.ready(EPOCH + 1) == frozenset()  # round 8 is in progress, without c4
+    assert set(rnd.requests) == {"c0", "c1", "c2", "c3"}
+    assert all("c4" not in r.neighbours for r in rnd.requests.values())
+    for round_id in (EPOCH + 1, EPOCH + 2):
+        result = rnd.run_round()
+        assert result.round_id == round_id and result.survivors == ("c0", "c1", "c2", "c3")
+        assert np.array_equal(result.total, rnd.plain_sum(result))
 
 
 def test_a_stage_out_of_order_is_refused():
@@ -524,17 +715,87 @@ def entries_for(rnd: Epoch, receiver: str) -> list[tuple[str, str, bytes]]:
 )
 def test_misrouted_or_forged_ciphertexts_are_refused(tamper, match):
     rnd = Epoch().until(Stage.MASKED_INPUT)
-    request = relay(rnd.requests["c0"], tamper(entries_for(rnd, "c0"), ciphertexts(rnd, EPOCH)))
+    request = relay(rnd.requests["c0"], tamper(entries_for(rnd, "c0"), ciphertexts(rnd)))
     refuse(rnd, "c0", request, match)
 
 
-def test_a_ciphertext_of_an_earlier_round_is_refused():
+@pytest.mark.parametrize("later", [False, True], ids=["first-round", "later-round"])
+@pytest.mark.parametrize(
+    ("neighbours", "match"),
+    [
+        (("c1", "c2", "c3", "c4"), r"the round's neighbours \['c4'\] sent it no shares"),
+        (("c1", "c2", "c0"), r"the round's neighbours \['c0'\] sent it no shares"),
+        (("c1", "c2", "ghost"), r"the round's neighbours \['ghost'\] sent it no shares"),
+        (("c1", "c2", "c2"), "the round's neighbours name a client twice"),
+        (("c1",), "only 2 clients of its neighbourhood take part in round (7|8), threshold is 3"),
+        ((), "only 1 clients of its neighbourhood take part in round (7|8), threshold is 3"),
+    ],
+    ids=["no-shares", "itself", "stranger", "twice", "too-few", "none"],
+)
+def test_the_round_neighbours_must_be_enough_and_all_hold_shares(later, neighbours, match):
+    """c0 masks with exactly the neighbours the server names: all distinct, all of them senders
+    of shares it accepted (c4 dropped at stage 1 and sent none), and with c0 at least t."""
+    rnd = Epoch(rounds=2).until(Stage.SHARE_KEYS)
+    rnd.step(skip={"c4"})
+    assert rnd.requests["c0"].neighbours == ("c1", "c2", "c3")
+    if later:
+        rnd.run_round()
+        assert entries_for(rnd, "c0") == []
+    refuse(rnd, "c0", replace(rnd.requests["c0"], neighbours=neighbours), match)
+
+
+@pytest.mark.parametrize("view", ["named", "server"])
+def test_stage_3_must_match_the_neighbours_a_client_was_named(view):
+    """c0 masks with exactly the neighbours named in its request (here c1 and c2 of four): at
+    stage 3 it answers about those, and refuses the server's view that it masked with all."""
     rnd = Epoch().until(Stage.MASKED_INPUT)
-    earlier = rnd.requests["c0"]
-    rnd.until(Stage.MASKED_INPUT, EPOCH + 1)
-    request = replace(rnd.requests["c0"], ciphertexts=earlier.ciphertexts)
-    assert request.senders == earlier.senders
-    refuse(rnd, "c0", request, "from 'c1' is invalid: AES-GCM authentication failed")
+    named = replace(rnd.requests["c0"], neighbours=("c1", "c2"))
+    rnd.advance([rnd.answer("c0", named), *rnd.replies_to(skip={"c0"})])
+    request = rnd.requests["c0"]
+    assert request.survivors == tuple(rnd.ids)  # the server believes c0 masked with all
+    if view == "server":
+        refuse(rnd, "c0", request, r"unknown: \['c3', 'c4'\], unaccounted for: \[\]")
+        return
+    reply = rnd.answer("c0", replace(request, survivors=("c0", "c1", "c2")))
+    assert reply.self_mask_owners == ("c0", "c1", "c2") and reply.seed_owners == ()
+
+
+@pytest.mark.parametrize("silent", [False, True])
+def test_ciphertexts_relayed_a_second_time_are_refused(silent):
+    """The shares come once an epoch: a replay of them in a later round is refused, whether the
+    client answered the last round's stage 3 or not."""
+    rnd = Epoch(rounds=3).until(Stage.MASKED_INPUT)
+    first = entries_for(rnd, "c0")
+    rnd.until(Stage.UNMASK).step(skip={"c0"} if silent else ())
+    assert entries_for(rnd, "c0") == []
+    refuse(
+        rnd,
+        "c0",
+        relay(rnd.requests["c0"], first[:1]),
+        "share ciphertexts were relayed to it a second time this epoch",
+    )
+
+
+@pytest.mark.parametrize("epoch", [EPOCH - 1, EPOCH, EPOCH + 1])
+def test_a_share_ciphertext_is_bound_to_its_epoch(epoch):
+    """A share re-encrypted under the right channel key authenticates only under the associated
+    data of this epoch: the client then masks and the round sums; of another epoch, it refuses."""
+    rnd = Epoch().until(Stage.MASKED_INPUT)
+    entries = entries_for(rnd, "c0")
+    sender, receiver, ciphertext = entries[0]
+    key = rnd.clients[sender]._channel[receiver]  # the pair's channel key, as the sender holds it
+    ad = _protocol.share_associated_data(EPOCH, sender, receiver)
+    plaintext = primitives.decrypt(key, ciphertext, ad)
+    ad = _protocol.share_associated_data(epoch, sender, receiver)
+    forged = primitives.encrypt(key, plaintext, ad)
+    request = relay(rnd.requests["c0"], [(sender, receiver, forged), *entries[1:]])
+    if epoch != EPOCH:
+        refuse(rnd, "c0", request, rf"from '{sender}' is invalid: AES-GCM authentication failed")
+        return
+    rnd.advance([rnd.answer("c0", request), *rnd.replies_to(skip={"c0"})])
+    result = rnd.run_round()
+    assert result.survivors == tuple(rnd.ids)
+    assert np.array_equal(result.total, rnd.plain_sum(result))
 
 
 def test_a_wrong_input_vector_does_not_consume_the_stage():
@@ -603,20 +864,73 @@ def test_server_refuses_everything_after_an_abort():
             call(rnd.server)
 
 
+def keyed_after(done: int, share_keys_skip: set[str], round_7_skip: set[str]) -> Epoch:
+    """An epoch of rounds 7..9 whose server is between rounds after ``done`` of them (each
+    started right after the last), ``share_keys_skip`` dropping at stage 1 and
+    ``round_7_skip`` at stage 2 of round 7."""
+    rnd = Epoch(rounds=3).until(Stage.SHARE_KEYS)
+    replies = rnd.replies_to(skip=share_keys_skip)
+    if not done:
+        rnd.server.collect_shares(replies)
+        return rnd
+    rnd.advance(replies)
+    for i in range(done):
+        rnd.step(skip=round_7_skip if i == 0 else ())
+        if i < done - 1:
+            rnd.step()
+    rnd.server.aggregate(rnd.replies_to())
+    return rnd
+
+
 @pytest.mark.parametrize(
-    ("kwargs", "match"),
+    ("done", "dropped", "kwargs", "match"),
     [
-        ({"round_id": EPOCH + 1}, "round 8 cannot start: .* share packages are for round 7"),
-        ({"round_id": EPOCH, "next_round": EPOCH}, "the next round 7 must follow round 7"),
-        ({"round_id": EPOCH, "members": ["c0", "ghost"]}, r"\['ghost'\] hold no share package"),
+        (0, None, {"round_id": 6}, r"round 6 cannot start: the epoch runs rounds 7\.\.9 now"),
+        (0, None, {"round_id": 10}, r"round 10 cannot start: the epoch runs rounds 7\.\.9 now"),
+        (1, None, {"round_id": 7}, r"round 7 cannot start: the epoch runs rounds 8\.\.9 now"),
+        (1, None, {"round_id": 6}, r"round 6 cannot start: the epoch runs rounds 8\.\.9 now"),
+        (2, None, {"round_id": 8}, r"round 8 cannot start: the epoch runs rounds 9\.\.9 now"),
+        (2, None, {"round_id": 10}, r"round 10 cannot start: the epoch runs rounds 9\.\.9 now"),
+        (
+            3,
+            None,
+            {"round_id": 9},
+            r"round 9 cannot start: the epoch \(rounds 7\.\.9\) has no round",
+        ),
+        (3, None, {"round_id": 10}, r"round 10 cannot start: the epoch \(rounds 7\.\.9\) has no"),
+        (
+            0,
+            None,
+            {"round_id": 7, "members": ["c0", "ghost"]},
+            r"\['ghost'\] are not in the epoch \(no share package, or dropped\)",
+        ),
+        (1, 2, {"round_id": 8, "members": ["c0", "c1", "c4"]}, r"\['c4'\] are not in the epoch"),
+        (0, 1, {"round_id": 7, "members": ["c0", "c1", "c4"]}, r"\['c4'\] are not in the epoch"),
     ],
 )
-def test_a_round_starts_only_over_clients_holding_its_packages(kwargs, match):
-    rnd = Epoch().until(Stage.SHARE_KEYS)
-    rnd.server.collect_shares(rnd.replies_to())
+def test_a_round_starts_only_inside_the_epoch_over_its_clients(done, dropped, kwargs, match):
+    """A round comes after every round started and lies inside the epoch (rounds may be
+    skipped); its members are in the epoch: they shared keys (stage 1) and sent their masked
+    input in every round they were members of (stage 2). Any such error ends the epoch."""
+    rnd = keyed_after(done, {"c4"} if dropped == 1 else set(), {"c4"} if dropped == 2 else set())
+    in_epoch = frozenset(rnd.ids) - ({"c4"} if dropped else set())
+    assert rnd.server.ready(EPOCH + 2) == (frozenset() if done == 3 else in_epoch)
     with pytest.raises(ProtocolError, match=match):
         rnd.server.masked_input(**kwargs)
-    assert rnd.server.aborted
+    assert rnd.server.aborted and rnd.server.ready(EPOCH + 2) == frozenset()
+
+
+@pytest.mark.parametrize("done", [0, 1, 2])
+def test_the_server_may_skip_rounds(done):
+    rnd = keyed_after(done, set(), set())
+    assert rnd.server.ready(EPOCH + done - 1) == frozenset()  # started already, or none
+    assert rnd.server.ready(EPOCH + 3) == frozenset()  # beyond the epoch
+    assert rnd.server.ready(EPOCH + 2) == frozenset(rnd.ids)
+    rnd.start(EPOCH + 2)  # skipping the rounds between
+    result = rnd.run_round()
+    assert result.round_id == EPOCH + 2 and result.survivors == tuple(rnd.ids)
+    assert np.array_equal(result.total, rnd.plain_sum(result))
+    assert rnd.finished and rnd.server.ready(EPOCH + 2) == frozenset()
 
 
 @pytest.mark.parametrize(
@@ -661,24 +975,61 @@ def fewer_receivers(p: SharePackage) -> SharePackage:
     )
 
 
-@pytest.mark.parametrize("stage", [Stage.SHARE_KEYS, Stage.MASKED_INPUT])
+NOT_THE_EPOCHS = "a share package that is not for the epoch's 3 rounds"
+
+
 @pytest.mark.parametrize(
     ("tamper", "match"),
     [
-        (lambda p: replace(p, shares_round=p.shares_round + 1), "share package for round"),
-        (lambda p: replace(p, shares_round=p.shares_round - 1), "share package for round"),
-        (fewer_receivers, "expected exactly"),
-        (reversed_receivers, "expected exactly"),
-        (lambda p: replace(p, self_mask_commitment=b"short"), "malformed commitment"),
+        (lambda p: replace(p, round_id=p.round_id + 1), "'c0' replied for round 8, expected 7"),
+        (fewer_receivers, "'c0' sent ciphertexts to .* expected exactly"),
+        (reversed_receivers, "'c0' sent ciphertexts to .* expected exactly"),
+        (lambda p: replace(p, self_mask_commitments=b"short"), NOT_THE_EPOCHS),
+        (lambda p: replace(p, self_mask_commitments=p.self_mask_commitments[:64]), NOT_THE_EPOCHS),
+        (
+            lambda p: replace(p, self_mask_commitments=p.self_mask_commitments * 2),
+            NOT_THE_EPOCHS,
+        ),
+        (
+            lambda p: replace(
+                p, seed_commitments=(p.seed_commitments[0][32:], *p.seed_commitments[1:])
+            ),
+            NOT_THE_EPOCHS,
+        ),
+        (lambda p: replace(p, sealed_seeds=p.sealed_seeds[:2]), NOT_THE_EPOCHS),
+        (lambda p: replace(p, sealed_seeds=(*p.sealed_seeds, p.sealed_seeds[0])), NOT_THE_EPOCHS),
     ],
-    ids=["next-round", "earlier-round", "fewer-receivers", "reordered-receivers", "commitment"],
+    ids=[
+        "other-round",
+        "fewer-receivers",
+        "reordered-receivers",
+        "short-commitment",
+        "self-commitments-of-2-rounds",
+        "self-commitments-of-6-rounds",
+        "seed-commitments-of-2-rounds",
+        "sealed-seeds-of-2-rounds",
+        "sealed-seeds-of-4-rounds",
+    ],
 )
-def test_server_refuses_a_malformed_share_package(stage, tamper, match):
-    rnd = Epoch().until(stage)  # stage 1 replies carry round 7's package, stage 2 round 8's
+def test_server_refuses_a_malformed_share_package(tamper, match):
+    rnd = Epoch(rounds=3).until(Stage.SHARE_KEYS)
     replies = rnd.replies_to()
-    with pytest.raises(ProtocolError, match=f"'c0' sent .*{match}"):
+    with pytest.raises(ProtocolError, match=match):
         rnd.advance([tamper(replies[0]), *replies[1:]])
-    assert rnd.server.aborted
+    assert rnd.server.aborted and rnd.server.ready(EPOCH) == frozenset()
+
+
+def test_a_client_set_up_for_other_rounds_is_refused():
+    """A client whose configuration serves 2 rounds where the epoch serves 3 sends a package
+    of the wrong size: the server refuses it at stage 1, before any round."""
+    rnd = Epoch(rounds=3)
+    rnd.clients["c2"] = SecAggClient("c2", replace(rnd.config, rounds=2))
+    rnd.until(Stage.SHARE_KEYS)
+    with pytest.raises(
+        ProtocolError, match="'c2' sent a share package that is not for the epoch's"
+    ):
+        rnd.step()
+    assert rnd.server.aborted and not rnd.results
 
 
 def test_server_checks_masked_shapes():
@@ -689,19 +1040,20 @@ def test_server_checks_masked_shapes():
         rnd.server.unmask([wrong, *replies[1:]])
 
 
-@pytest.mark.parametrize("stage", [Stage.SHARE_KEYS, Stage.MASKED_INPUT])
-def test_mismatched_seed_commitments_abort_the_round(stage):
-    rnd = Epoch().until(stage)  # tamper with the package for round 7 or for round 8
+@pytest.mark.parametrize("round_id", [EPOCH, EPOCH + 1, EPOCH + 2])
+def test_mismatched_seed_commitments_abort_the_epoch_set_up(round_id):
+    """Both ends of a pair commit to each round's seed; a mismatch in any round (here of c1's
+    commitment to its seed with c3) aborts at stage 1, before any round runs."""
+    rnd = Epoch(rounds=3).until(Stage.SHARE_KEYS)
     replies = rnd.replies_to()
     package = replies[1]
     commitments = list(package.seed_commitments)
-    commitments[package.receivers.index("c3")] = bytes(32)
+    i, at = package.receivers.index("c3"), (round_id - EPOCH) * 32
+    commitments[i] = commitments[i][:at] + bytes(32) + commitments[i][at + 32 :]
     replies[1] = replace(package, seed_commitments=tuple(commitments))
     with pytest.raises(SecAggAbort, match="'c1' and 'c3' committed to different round seeds"):
         rnd.advance(replies)
-        rnd.run_round()
-    assert rnd.server.aborted
-    assert len(rnd.results) == (stage is Stage.MASKED_INPUT)  # round 7 was not affected
+    assert rnd.server.aborted and not rnd.results
 
 
 def flip(data: bytes) -> bytes:
@@ -737,16 +1089,21 @@ def corrupt(reply: UnmaskResponse, secret: str, owner: str) -> UnmaskResponse:
     ],
     ids=["self-used", "self-spare", "self-exactly-t", "seal-used", "seal-spare", "seal-exactly-t"],
 )
-def test_a_corrupted_share_aborts_the_round_or_is_not_used(secret, holder, silent, match):
+@pytest.mark.parametrize("round_id", [EPOCH, EPOCH + 2])
+def test_a_corrupted_share_aborts_the_round_or_is_not_used(secret, holder, silent, match, round_id):
     """The server rebuilds each secret from the t shares of lowest Shamir index (c0 holds index
     1 of c4's secrets, c4 index 5) and checks what it rebuilt: a self-mask seed against its
     commitment, a seal key by opening the sealed seeds. A corrupted share among those t aborts
     the round; one beyond them is not used. Either way the sum is never wrong."""
-    rnd = dropout_round(Epoch(), dropped={"c4"} if secret == "seal key" else set())
+    rnd = Epoch(rounds=3)
+    while rnd.round_id < round_id:
+        rnd.run_round()
+    rnd = dropout_round(rnd, dropped={"c4"} if secret == "seal key" else set())
     replies = rnd.replies_to(skip=silent)
     tampered = [corrupt(r, secret, "c4") if r.sender == holder else r for r in replies]
     if match is None:
         rnd.advance(tampered)
+        assert rnd.results[-1].round_id == round_id
         assert np.array_equal(rnd.results[-1].total, rnd.plain_sum(rnd.results[-1]))
         return
     with pytest.raises(SecAggAbort, match=match):
@@ -760,25 +1117,53 @@ def recommitted(reply: SharePackage) -> SharePackage:
     if reply.sender not in ("c0", "c4"):
         return reply
     commitments = list(reply.seed_commitments)
-    commitments[reply.receivers.index("c4" if reply.sender == "c0" else "c0")] = bytes(32)
+    commitments[reply.receivers.index("c4" if reply.sender == "c0" else "c0")] = bytes(32 * 3)
     return replace(reply, seed_commitments=tuple(commitments))
 
 
+def resealed(reply: SharePackage) -> SharePackage:
+    """c4's sealed seeds of round 8 corrupted (those of rounds 7 and 9 intact)."""
+    if reply.sender != "c4":
+        return reply
+    sealed = list(reply.sealed_seeds)
+    sealed[1] = flip(sealed[1])
+    return replace(reply, sealed_seeds=tuple(sealed))
+
+
+def swapped(reply: SharePackage) -> SharePackage:
+    """c4's sealed seeds of rounds 7 and 8 swapped: each opens, but only in its own round."""
+    if reply.sender != "c4":
+        return reply
+    first, second, third = reply.sealed_seeds
+    return replace(reply, sealed_seeds=(second, first, third))
+
+
 @pytest.mark.parametrize(
-    ("tamper", "match"),
+    ("tamper", "dropped_in", "match"),
     [
-        (
-            lambda r: replace(r, sealed_seeds=flip(r.sealed_seeds)) if r.sender == "c4" else r,
-            "the sealed round seeds of 'c4' do not open",
-        ),
-        (recommitted, "the round seed of 'c4' and 'c0' does not match its commitment"),
+        (resealed, EPOCH + 1, "the sealed round seeds of 'c4' do not open"),
+        (resealed, EPOCH + 2, None),  # round 8's seeds are never opened
+        (swapped, EPOCH, "the sealed round seeds of 'c4' do not open"),
+        (swapped, EPOCH + 2, None),
+        (recommitted, EPOCH, "the round seed of 'c4' and 'c0' does not match its commitment"),
+        (recommitted, EPOCH + 2, "the round seed of 'c4' and 'c0' does not match"),
     ],
-    ids=["sealed-seeds", "seed-commitment"],
+    ids=["sealed-8-in-8", "sealed-8-in-9", "swapped-in-7", "swapped-in-9", "commit-7", "commit-9"],
 )
-def test_round_seeds_of_a_dropped_node_that_do_not_check_abort_the_round(tamper, match):
-    rnd = Epoch().until(Stage.SHARE_KEYS)
+def test_round_seeds_of_a_dropped_node_that_do_not_check_abort_the_round(tamper, dropped_in, match):
+    """The server opens a dropped node's sealed seeds of the round it dropped in only, under
+    that round's associated data, and checks them against that round's commitments."""
+    rnd = Epoch(rounds=3).until(Stage.SHARE_KEYS)
     rnd.advance([tamper(r) for r in rnd.replies_to()])
+    while rnd.round_id < dropped_in:
+        result = rnd.run_round()  # no dropout: no sealed seeds are opened
+        assert np.array_equal(result.total, rnd.plain_sum(result))
     dropout_round(rnd, dropped={"c4"})  # its seal key is rebuilt, its round seeds opened
+    if match is None:
+        rnd.step()
+        assert rnd.results[-1].survivors == ("c0", "c1", "c2", "c3")
+        assert np.array_equal(rnd.results[-1].total, rnd.plain_sum(rnd.results[-1]))
+        return
     with pytest.raises(SecAggAbort, match=match):
         rnd.step()
     assert rnd.server.aborted
@@ -840,12 +1225,11 @@ def test_server_aborts_early_when_a_needed_secret_lost_its_holders(degree, dropp
 # -- messages ------------------------------------------------------------------------------
 
 PACKAGE = {
-    "shares_round": 2,
     "receivers": ("b",),
     "ciphertexts": (b"x",),
-    "self_mask_commitment": b"c" * 32,
+    "self_mask_commitments": b"c" * 32,
     "seed_commitments": (b"d" * 32,),
-    "sealed_seeds": b"s",
+    "sealed_seeds": (b"s",),
 }
 
 
@@ -873,10 +1257,27 @@ def unmask_response(**fields) -> UnmaskResponse:
             "parallel fields differ .*ciphertexts",
         ),
         (
+            lambda: ShareKeysResponse(
+                round_id=1, sender="a", **{**PACKAGE, "seed_commitments": (b"d" * 32,) * 2}
+            ),
+            "parallel fields differ .*seed_commitments",
+        ),
+        (
             lambda: MaskedInputRequest(
-                round_id=1, receiver="a", senders=("b",), receivers=(), ciphertexts=(), next_round=2
+                round_id=1,
+                receiver="a",
+                neighbours=("b",),
+                senders=("b",),
+                receivers=(),
+                ciphertexts=(),
             ),
             "parallel fields differ .*senders",
+        ),
+        (
+            lambda: MaskedInputRequest(
+                round_id=1, receiver="a", neighbours=[3], senders=(), receivers=(), ciphertexts=()
+            ),
+            "neighbours is a sequence of str",
         ),
         (
             lambda: unmask_response(self_mask_owners=("a", "b"), self_mask_shares=(b"x",)),
@@ -915,16 +1316,22 @@ def unmask_response(**fields) -> UnmaskResponse:
             "enc_public_key is bytes",
         ),
         (
-            lambda: ShareKeysResponse(round_id=1, sender="a", **{**PACKAGE, "sealed_seeds": "s"}),
-            "sealed_seeds is bytes",
+            lambda: ShareKeysResponse(round_id=1, sender="a", **{**PACKAGE, "sealed_seeds": b"s"}),
+            "sealed_seeds is a sequence of bytes",
         ),
         (
-            lambda: MaskedInputResponse(round_id=1, sender="a", masked=np.zeros(3), **PACKAGE),
+            lambda: ShareKeysResponse(
+                round_id=1, sender="a", **{**PACKAGE, "self_mask_commitments": (b"c",)}
+            ),
+            "self_mask_commitments is bytes",
+        ),
+        (
+            lambda: MaskedInputResponse(round_id=1, sender="a", masked=np.zeros(3)),
             "dtype uint32 or uint64",
         ),
         (
             lambda: MaskedInputResponse(
-                round_id=1, sender="a", masked=np.zeros((2, 2), dtype=np.uint32), **PACKAGE
+                round_id=1, sender="a", masked=np.zeros((2, 2), dtype=np.uint32)
             ),
             "1-D",
         ),
@@ -937,15 +1344,27 @@ def test_messages_validate_their_fields(build, match):
 
 def test_messages_are_immutable_and_normalised():
     source = np.arange(4, dtype=np.uint32)
-    message = MaskedInputResponse(round_id=np.int64(2), sender="a", masked=source, **PACKAGE)
+    message = MaskedInputResponse(round_id=np.int64(2), sender="a", masked=source)
     source[0] = 99
     assert message.masked[0] == 0 and not message.masked.flags.writeable
     assert type(message.round_id) is int
     request = UnmaskRequest(round_id=1, receiver="a", survivors=["a", "b"], dropped=[])
     assert request.survivors == ("a", "b") and request.dropped == ()
     package = ShareKeysResponse(
-        round_id=1, sender="a", **{**PACKAGE, "receivers": ["b"], "sealed_seeds": bytearray(b"s")}
+        round_id=1,
+        sender="a",
+        **{
+            **PACKAGE,
+            "receivers": ["b"],
+            "self_mask_commitments": bytearray(b"c" * 32),
+            "sealed_seeds": [b"s", b"t"],
+        },
     )
-    assert package.receivers == ("b",) and type(package.sealed_seeds) is bytes
+    assert package.receivers == ("b",) and package.sealed_seeds == (b"s", b"t")
+    assert type(package.self_mask_commitments) is bytes
+    relay = MaskedInputRequest(
+        round_id=1, receiver="a", neighbours=["b"], senders=[], receivers=[], ciphertexts=[]
+    )
+    assert relay.neighbours == ("b",) and relay.ciphertexts == ()
     with pytest.raises(AttributeError):
         request.receiver = "b"

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cordiale.core.errors import CryptoError
-from cordiale.crypto.shamir import MAX_SHARES, Share, combine_shares, split_secret
+from cordiale.crypto.shamir import MAX_SHARES, Share, combine_at, combine_shares, split_secret
 
 SECRET = bytes(range(100, 132))
 
@@ -54,6 +54,37 @@ def test_random_subsets_reconstruct(data):
     shares = split_secret(secret, t, n)
     subset = data.draw(st.lists(st.sampled_from(shares), min_size=t, max_size=n, unique=True))
     assert combine_shares(subset, t) == secret
+
+
+@settings(max_examples=30, deadline=None)
+@given(data=st.data())
+def test_combine_at_rebuilds_many_secrets_shared_at_the_same_points(data):
+    n = data.draw(st.integers(1, 12), label="n")
+    t = data.draw(st.integers(1, n), label="t")
+    length = data.draw(st.integers(1, 40), label="length")
+    secrets = data.draw(
+        st.lists(st.binary(min_size=length, max_size=length), min_size=1, max_size=6)
+    )
+    points = sorted(data.draw(st.sets(st.integers(1, n), min_size=t, max_size=t)))
+    shared = [{s.index: s for s in split_secret(secret, t, n)} for secret in secrets]
+    values = np.array(
+        [[list(by_index[x].value) for x in points] for by_index in shared], dtype=np.uint8
+    )
+    rebuilt = combine_at(points, values)
+    assert rebuilt.shape == (len(secrets), length) and rebuilt.dtype == np.uint8
+    assert [row.tobytes() for row in rebuilt] == secrets
+    for by_index, row in zip(shared, rebuilt, strict=True):
+        assert combine_shares([by_index[x] for x in points], t) == row.tobytes()
+
+
+def test_combine_at_refuses_bad_points_and_values():
+    values = np.zeros((2, 3, 4), dtype=np.uint8)
+    for points in ([1, 1, 2], [0, 1, 2], [1, 2, MAX_SHARES + 1], [1, 2, True], [1, 2, 3.0]):
+        with pytest.raises(CryptoError, match="share indices must be distinct integers"):
+            combine_at(points, values)
+    for bad in (values.astype(np.int64), values[0], np.zeros((2, 2, 4), dtype=np.uint8)):
+        with pytest.raises(CryptoError, match=r"share values must be uint8 of shape"):
+            combine_at([1, 2, 3], bad)
 
 
 def test_corrupted_share_is_detected_when_more_than_t_are_given():

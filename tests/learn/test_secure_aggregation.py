@@ -16,6 +16,7 @@ from cordiale.crypto import (
     AdvertiseKeysRequest,
     FixedPointCodec,
     KeyAdvertisement,
+    MaskedInputRequest,
     MaskedInputResponse,
     ShareKeysResponse,
     UnmaskRequest,
@@ -364,7 +365,7 @@ def test_protocol_messages_round_trip_through_content():
         ),
         "share_keys": ShareKeysResponse(**PACKAGE),
         "masked_input": MaskedInputResponse(
-            **{**PACKAGE, "shares_round": 4}, masked=np.arange(5, dtype=np.uint64)
+            round_id=3, sender="a", masked=np.arange(5, dtype=np.uint64)
         ),
         "unmask": UnmaskResponse(
             round_id=3,
@@ -375,6 +376,14 @@ def test_protocol_messages_round_trip_through_content():
             seed_shares=(b"56",),
         ),
     }
+    messages["masked_input request"] = MaskedInputRequest(
+        round_id=3,
+        receiver="a",
+        neighbours=("b",),
+        senders=("b", "c"),
+        receivers=("a", "a"),
+        ciphertexts=(b"xyz", b""),
+    )
     messages["unmask request"] = UnmaskRequest(
         round_id=3, receiver="a", survivors=("a", "b"), dropped=("c",)
     )
@@ -391,18 +400,17 @@ def test_protocol_messages_round_trip_through_content():
 PACKAGE = {
     "round_id": 3,
     "sender": "a",
-    "shares_round": 3,
     "receivers": ("b", "c"),
     "ciphertexts": (b"xy", b""),
-    "self_mask_commitment": b"\x00" * 32,
-    "seed_commitments": (b"\x01" * 32, b"\x02" * 32),
-    "sealed_seeds": b"sealed",
+    "self_mask_commitments": b"\x00" * 64,
+    "seed_commitments": (b"\x01" * 64, b"\x02" * 64),
+    "sealed_seeds": (b"sealed", b"sealed too"),
 }
 
 
 def _share_keys_content():
     package = {**PACKAGE, "receivers": ("b",), "ciphertexts": (b"abc",)}
-    package["seed_commitments"] = (b"\x01" * 32,)
+    package["seed_commitments"] = (b"\x01" * 64,)
     return to_content("share_keys", ShareKeysResponse(**package))
 
 
@@ -489,6 +497,27 @@ def test_keys_are_agreed_once_per_epoch(pima_sites):
     for r in range(1, 6):
         plain.step(r)
     _assert_same_weights(fed.weights, plain.weights)
+
+
+def test_an_epoch_sets_up_its_rounds_once_and_ends_with_the_study(pima_sites):
+    fed, transport = _federation(pima_sites, rounds=5, rekey_every=3)
+    for r in range(1, 6):
+        fed.step(r)
+    sent = [m for m in transport.sent if m.envelope.stage == "secagg"]
+    # each epoch covers rekey_every rounds, or those left in the study
+    epochs = {
+        m.envelope.round: m.content.config["secagg.config.rounds"]
+        for m in sent
+        if m.content.config["secagg.stage"] == "advertise_keys"
+    }
+    assert epochs == {1: 3, 4: 2}
+    # the share ciphertexts travel once an epoch, with each node's first masked-input request
+    relayed = {
+        m.envelope.round: len(m.content.config["secagg.msg.senders"])
+        for m in sent
+        if m.content.config["secagg.stage"] == "masked_input"
+    }
+    assert relayed == {1: 3, 2: 0, 3: 0, 4: 3, 5: 0}
 
 
 def test_fresh_keys_every_round_when_asked(pima_sites):

@@ -98,7 +98,8 @@ def encode_message(message: Message) -> bytes:
 
 def _safetensors_parts(tensors: dict[str, np.ndarray]) -> list[Any]:
     """The safetensors serialisation of ``tensors`` (wire arrays: little-endian, contiguous), as
-    buffers to join: length, JSON header padded to 8 bytes, then the arrays in order.
+    buffers to join: length, JSON header padded to 8 bytes, then the arrays in order (a
+    contiguous array is a buffer of its bytes: joined as it is).
 
     Written here rather than with ``safetensors.numpy.save``, whose per-array dtype lookup costs
     more than the whole rest of encoding a model update; ``safetensors`` itself reads what this
@@ -106,7 +107,10 @@ def _safetensors_parts(tensors: dict[str, np.ndarray]) -> list[Any]:
     """
     layout = tuple((key, arr.dtype, arr.shape) for key, arr in tensors.items())
     prefix = _layout_prefix(layout)
-    return [prefix, *(arr.reshape(-1).view(np.uint8) for arr in tensors.values())]
+    return [
+        prefix,
+        *(a if a.flags.c_contiguous else np.ascontiguousarray(a) for a in tensors.values()),
+    ]
 
 
 @functools.lru_cache(maxsize=256)
@@ -124,7 +128,7 @@ def _layout_prefix(layout: tuple[tuple[str, np.dtype[Any], tuple[int, ...]], ...
     return _U64.pack(len(raw)) + raw
 
 
-_Layout = tuple[tuple[str, np.dtype[Any], tuple[int, ...], int, int], ...]
+_Layout = tuple[tuple[str, np.dtype[Any], tuple[int, ...], int], ...]  # name, dtype, shape, start
 _CHECKED: dict[tuple[bytes, int, DecodeLimits], _Layout] = {}  # header, data length, limits
 _CHECKED_KEPT = 64
 
@@ -149,15 +153,12 @@ def _read_safetensors(buf: memoryview, limits: DecodeLimits) -> dict[str, np.nda
         if len(_CHECKED) >= _CHECKED_KEPT:
             _CHECKED.pop(next(iter(_CHECKED)))
         _CHECKED[key] = layout
-    data = np.frombuffer(bytearray(buf[8 + n :]), dtype=np.uint8)
-    return {
-        name: data[start:stop].view(dtype).reshape(shape)
-        for name, dtype, shape, start, stop in layout
-    }
+    data = bytearray(buf[8 + n :])
+    return {name: np.ndarray(shape, dtype, data, start) for name, dtype, shape, start in layout}
 
 
 def _check_layout(buf: memoryview, header: bytes, limits: DecodeLimits) -> _Layout:
-    """Check a safetensors buffer's header; return each array's name, dtype, shape and span.
+    """Check a safetensors buffer's header; return each array's name, dtype, shape and offset.
 
     The ``safetensors`` library parses and validates it (offsets inside the buffer and tiling it
     exactly, each span the size its shape and dtype need, checked arithmetic); then every array
@@ -184,8 +185,7 @@ def _check_layout(buf: memoryview, header: bytes, limits: DecodeLimits) -> _Layo
             )
         if len(shape) > limits.max_dims:
             raise WireError(f"array {name!r}: invalid shape {shape!r}")
-        start, stop = info["data_offsets"]
-        layout.append((name, dtype, tuple(shape), start, stop))
+        layout.append((name, dtype, tuple(shape), info["data_offsets"][0]))
     return tuple(layout)
 
 
@@ -246,18 +246,15 @@ def _explain(raw_header: bytes, data_len: int, limits: DecodeLimits) -> None:
         raise WireError(f"array buffer has {data_len - pos} trailing bytes")
 
 
+_HEADER_KEYS = frozenset({"envelope", "metrics", "config", "error", "arrays"})
+
+
 def _load_json_header(raw: bytes) -> dict[str, Any]:
     try:
         header = orjson.loads(raw)  # strict JSON: no NaN or Infinity tokens, valid UTF-8 only
     except orjson.JSONDecodeError as e:
         raise WireError(f"message header is not valid JSON: {e}") from None
-    if not isinstance(header, dict) or set(header) != {
-        "envelope",
-        "metrics",
-        "config",
-        "error",
-        "arrays",
-    }:
+    if not isinstance(header, dict) or header.keys() != _HEADER_KEYS:
         raise WireError(
             "message header must be an object with exactly envelope, metrics, "
             "config, error and arrays"

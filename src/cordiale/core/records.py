@@ -14,7 +14,15 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable, Iterator, Mapping, MutableMapping
+from collections.abc import (
+    ItemsView,
+    Iterable,
+    Iterator,
+    KeysView,
+    Mapping,
+    MutableMapping,
+    ValuesView,
+)
 from typing import Any, TypeAlias, TypeVar
 
 import numpy as np
@@ -103,16 +111,23 @@ class _Record(MutableMapping[str, V]):
 
     def __init__(self, items: Mapping[str, V] | Iterable[tuple[str, V]] | None = None) -> None:
         self._data: dict[str, V] = {}
+        if items is None:
+            return
         if type(items) is type(self):  # already validated: copy (lists too, never shared)
             self._data = {
-                k: list(v) if isinstance(v, list) else v  # type: ignore[misc]
+                k: list(v) if type(v) is list else v  # type: ignore[misc]
                 for k, v in items._data.items()  # type: ignore[union-attr]
             }
             return
-        pairs = items.items() if isinstance(items, Mapping) else (items or ())
+        if type(items) is dict or isinstance(items, Mapping):
+            pairs: Iterable[tuple[str, V]] = items.items()
+            # names checked before (they repeat in every message): checked at once, in C
+            named = type(items) is dict and _VALID_NAMES.issuperset(items)
+        else:
+            pairs, named = items or (), False
         data, check, kind = self._data, self._check, type(self).__name__
         for k, v in pairs:
-            data[check_name(k, kind)] = check(k, v)
+            data[k if named else check_name(k, kind)] = check(k, v)
 
     def _check(self, key: str, value: Any) -> V:
         raise NotImplementedError
@@ -132,6 +147,22 @@ class _Record(MutableMapping[str, V]):
     def __len__(self) -> int:
         return len(self._data)
 
+    # the Mapping mixins go through __getitem__ and __iter__ in Python; the dict does it in C
+    def __contains__(self, key: object) -> bool:
+        return key in self._data
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self._data.get(key, default)
+
+    def keys(self) -> KeysView[str]:
+        return self._data.keys()
+
+    def values(self) -> ValuesView[V]:
+        return self._data.values()
+
+    def items(self) -> ItemsView[str, V]:
+        return self._data.items()
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self._data!r})"
 
@@ -144,8 +175,7 @@ class ArrayRecord(_Record[np.ndarray]):
 
     __slots__ = ()
 
-    def _check(self, key: str, value: Any) -> np.ndarray:
-        return _as_wire_array(key, value)
+    _check = staticmethod(_as_wire_array)  # one call per value, not two
 
     @classmethod
     def of_wire_arrays(cls, pairs: Iterable[tuple[str, np.ndarray]]) -> ArrayRecord:
@@ -194,6 +224,8 @@ class MetricRecord(_Record[float]):
     __slots__ = ()
 
     def _check(self, key: str, value: Any) -> float:
+        if type(value) is float and math.isfinite(value):  # the common case, checked at once
+            return value
         if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
             raise ConfigError(f"metric {key!r} must be a number; got {type(value).__name__}")
         if isinstance(value, int | np.integer):
@@ -206,7 +238,7 @@ class MetricRecord(_Record[float]):
         return f
 
 
-_PLAIN_SCALARS = frozenset({bool, int, str})
+_LIST_KINDS = frozenset({bool, int, float, str})  # exact types: a subclass is refused
 _INT64 = 2**63  # integers travel as JSON numbers that every decoder reads as 64-bit
 
 
@@ -215,27 +247,33 @@ def _fits(value: int) -> bool:
 
 
 def _check_config_value(key: str, value: Any) -> ConfigValue:
-    if type(value) in _PLAIN_SCALARS or isinstance(value, bool | int | str):
-        if type(value) is int and not _fits(value):
+    kind = type(value)
+    if kind is str or kind is bool:  # exact types first: all that a decoded header holds
+        return value  # type: ignore[no-any-return]
+    if kind is int:
+        if not _fits(value):
             raise ConfigError(f"config {key!r} must fit in 64 bits; got {value}")
         return value  # type: ignore[no-any-return]
-    if isinstance(value, float):
+    if kind is float or isinstance(value, float):
         if not math.isfinite(value):
             raise ConfigError(f"config {key!r} must be finite; got {value}")
-        return value
-    if isinstance(value, list | tuple):
+        return value  # type: ignore[no-any-return]
+    if kind is list or isinstance(value, list | tuple):
         items = list(value)
-        kinds = {type(x) for x in items}
-        if len(kinds) > 1 or (kinds and not kinds <= {bool, int, float, str}):
+        kinds = set(map(type, items))
+        if len(kinds) > 1 or not kinds <= _LIST_KINDS:
             raise ConfigError(
                 f"config {key!r} must be a flat list of one scalar type; "
                 f"got {sorted(map(str, kinds))}"
             )
-        if kinds == {float} and not all(math.isfinite(x) for x in items):
+        # one kind at most: min, max and map run in C, not once per item in Python
+        if float in kinds and not all(map(math.isfinite, items)):
             raise ConfigError(f"config {key!r} must hold finite numbers")
-        if kinds == {int} and not all(_fits(x) for x in items):
+        if int in kinds and not (_fits(min(items)) and _fits(max(items))):
             raise ConfigError(f"config {key!r} must hold integers that fit in 64 bits")
         return items
+    if isinstance(value, int | str):  # a subclass (an IntEnum, a StrEnum) as it is
+        return value  # type: ignore[no-any-return]
     raise ConfigError(
         f"config {key!r} must be a bool, int, float, str or a list of them; got "
         f"{type(value).__name__}"
@@ -247,8 +285,7 @@ class ConfigRecord(_Record[ConfigValue]):
 
     __slots__ = ()
 
-    def _check(self, key: str, value: Any) -> ConfigValue:
-        return _check_config_value(key, value)
+    _check = staticmethod(_check_config_value)  # one call per value, not two
 
     def get_float(self, key: str, default: float) -> float:
         v = self._data.get(key, default)

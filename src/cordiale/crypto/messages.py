@@ -7,18 +7,19 @@ safetensors) can carry them without pickle. Constructors validate field types an
 :class:`~cordiale.core.errors.WireError` for malformed content; lists are accepted and stored as
 tuples, arrays are copied and made read-only.
 
-The stages (Bonawitz et al. 2017; SecAgg+ of Bell et al. 2020; keys kept for an *epoch* of
-rounds, see :mod:`cordiale.crypto.secagg_client`). Stages 0-1 run once per epoch, stages 2-3
-once per round::
+The stages (Bonawitz et al. 2017; SecAgg+ of Bell et al. 2020; keys and round secrets set up
+once for an *epoch* of rounds, see :mod:`cordiale.crypto.secagg_client`). Stages 0-1 run once
+per epoch, stages 2-3 once per round::
 
     stage 0 ADVERTISE_KEYS  server -> AdvertiseKeysRequest  -> client -> KeyAdvertisement
     stage 1 SHARE_KEYS      server -> ShareKeysRequest      -> client -> ShareKeysResponse
     stage 2 MASKED_INPUT    server -> MaskedInputRequest    -> client -> MaskedInputResponse
     stage 3 UNMASK          server -> UnmaskRequest         -> client -> UnmaskResponse
 
-A :class:`SharePackage` (the reply of stage 1, and part of every stage-2 reply) carries one
-round's secrets of its sender, Shamir-shared and encrypted for each neighbour, with hash
-commitments the server checks what is later revealed against.
+A :class:`SharePackage` (the reply of stage 1) carries its sender's secrets for every round of
+the epoch, Shamir-shared and encrypted for each neighbour, with hash commitments the server
+checks what is later revealed against; the server relays each client's ciphertexts with its
+first stage-2 request of the epoch.
 """
 
 from __future__ import annotations
@@ -36,7 +37,11 @@ from .graph import neighbour_graph
 from .prg import ring_dtype
 from .shamir import MAX_SHARES
 
+MAX_EPOCH_ROUNDS = 1000
+"""The most rounds one epoch's secrets are set up for (bounds the size of a share package)."""
+
 __all__ = [
+    "MAX_EPOCH_ROUNDS",
     "AdvertiseKeysRequest",
     "AggregateResult",
     "KeyAdvertisement",
@@ -65,9 +70,10 @@ class Stage(enum.IntEnum):
 class SecAggConfig:
     """Public parameters of one secure-aggregation epoch, identical at server and clients.
 
-    ``epoch_id`` names the epoch (the driver uses the number of its first round); keys, graph
-    and the clients' share positions are fixed for the epoch, the clients of a round are a
-    subset of ``client_ids``.
+    ``epoch_id`` names the epoch and its first round; the epoch serves ``rounds`` rounds,
+    numbered ``epoch_id .. epoch_id + rounds - 1`` (each client masks each at most once, in
+    increasing order). Keys, graph, the clients' share positions and the round secrets are fixed
+    for the epoch; the clients of a round are a subset of ``client_ids``.
 
     ``threshold`` (t) is counted within each client's *closed* neighbourhood (the client and
     its neighbours): the secrets of a client can be reconstructed from any t members of it.
@@ -84,6 +90,7 @@ class SecAggConfig:
     bits: int = 32
     degree: int | None = None
     graph_seed: bytes = b""
+    rounds: int = 1
     _graph: dict[str, frozenset[str]] = field(init=False, repr=False, compare=False)
     _positions: dict[str, dict[str, int]] = field(init=False, repr=False, compare=False)
 
@@ -113,8 +120,17 @@ class SecAggConfig:
             )
         if self.vector_length < 1:
             raise CryptoError("vector_length is at least 1")
+        if isinstance(self.rounds, bool) or not isinstance(self.rounds, int):
+            raise CryptoError(f"rounds is an integer, got {self.rounds!r}")
+        if not 1 <= self.rounds <= MAX_EPOCH_ROUNDS:
+            raise CryptoError(f"an epoch serves 1..{MAX_EPOCH_ROUNDS} rounds, got {self.rounds}")
         object.__setattr__(self, "_graph", graph)
         object.__setattr__(self, "_positions", positions)
+
+    @property
+    def round_ids(self) -> range:
+        """The rounds of the epoch."""
+        return range(self.epoch_id, self.epoch_id + self.rounds)
 
     @property
     def dtype(self) -> np.dtype[np.unsignedinteger]:
@@ -143,45 +159,57 @@ class _Message:
     _parallel: ClassVar[tuple[tuple[str, ...], ...]] = ()
 
     def __post_init__(self) -> None:
-        for f in fields(self):  # type: ignore[arg-type]
-            value = getattr(self, f.name)
-            object.__setattr__(self, f.name, _check_field(type(self).__name__, f, value))
+        owner = type(self).__name__
+        for name, kind in _field_kinds(type(self)):
+            value = getattr(self, name)
+            object.__setattr__(self, name, _check_field(owner, name, kind, value))
         for group in self._parallel:
             lengths = {name: len(getattr(self, name)) for name in group}
             if len(set(lengths.values())) > 1:
-                raise WireError(
-                    f"{type(self).__name__}: parallel fields differ in length {lengths}"
-                )
+                raise WireError(f"{owner}: parallel fields differ in length {lengths}")
 
 
-def _check_field(owner: str, f: Any, value: Any) -> Any:
-    where = f"{owner}.{f.name}"
-    if f.type == "int":
+@functools.cache
+def _field_kinds(cls: type) -> tuple[tuple[str, str], ...]:
+    """The (name, annotated type) of each field of a message class, computed once."""
+    return tuple((f.name, str(f.type)) for f in fields(cls))
+
+
+_RING_DTYPES = (np.dtype(np.uint32), np.dtype(np.uint64))
+
+
+def _check_field(owner: str, name: str, kind: str, value: Any) -> Any:
+    where = f"{owner}.{name}"
+    if kind == "int":
+        if type(value) is int and value >= 0:  # the common case, first
+            return value
         if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 0:
             raise WireError(f"{where} is a non-negative integer, got {value!r}")
         return int(value)
-    if f.type == "str":
+    if kind == "str":
         if not isinstance(value, str) or not value:
             raise WireError(f"{where} is a non-empty string, got {type(value).__name__}")
         return value
-    if f.type == "bytes":
+    if kind == "bytes":
+        if type(value) is bytes:
+            return value
         if not isinstance(value, bytes | bytearray):
             raise WireError(f"{where} is bytes, got {type(value).__name__}")
         return bytes(value)
-    if f.type in ("tuple[str, ...]", "tuple[bytes, ...]"):
-        kind = str if f.type == "tuple[str, ...]" else bytes
-        if not isinstance(value, tuple | list) or any(not isinstance(v, kind) for v in value):
-            raise WireError(f"{where} is a sequence of {kind.__name__}")
+    if kind in ("tuple[str, ...]", "tuple[bytes, ...]"):
+        item = str if kind == "tuple[str, ...]" else bytes
+        if not isinstance(value, tuple | list) or not all(isinstance(v, item) for v in value):
+            raise WireError(f"{where} is a sequence of {item.__name__}")
         return tuple(value)
-    if f.type == "np.ndarray":
+    if kind == "np.ndarray":
         if not isinstance(value, np.ndarray) or value.ndim != 1:
             raise WireError(f"{where} is a 1-D numpy array")
-        if value.dtype not in (np.dtype(np.uint32), np.dtype(np.uint64)):
+        if value.dtype not in _RING_DTYPES:
             raise WireError(f"{where} has dtype uint32 or uint64, got {value.dtype}")
         array = value.copy()
         array.setflags(write=False)
         return array
-    raise WireError(f"{where} has an unsupported type {f.type}")  # pragma: no cover
+    raise WireError(f"{where} has an unsupported type {kind}")  # pragma: no cover
 
 
 @dataclass(frozen=True)
@@ -208,7 +236,7 @@ class KeyAdvertisement(_Message):
 @dataclass(frozen=True)
 class ShareKeysRequest(_Message):
     """Stage 1, server to client: the keys of the receiver and of its neighbours still alive.
-    The client answers with its share package for the epoch's first round, ``round_id``."""
+    The client answers with its share package for every round of the epoch ``round_id``."""
 
     stage: ClassVar[Stage] = Stage.SHARE_KEYS
     _parallel: ClassVar[tuple[tuple[str, ...], ...]] = (
@@ -223,15 +251,16 @@ class ShareKeysRequest(_Message):
 
 @dataclass(frozen=True)
 class SharePackage(_Message):
-    """A client's secrets for round ``shares_round``, for its neighbours.
+    """A client's secrets for every round of the epoch, for its neighbours.
 
-    ``sealed_seeds`` holds the round's pairwise seeds (one per receiver, in order), encrypted
-    with AES-GCM under a fresh 32-byte *seal key*; ``ciphertexts[i]`` (AES-GCM under the pair's
-    channel key) holds ``receivers[i]``'s Shamir share of the self-mask seed and the seal key
-    (sharing a short key instead of the seeds keeps the shares small for any degree).
-    ``self_mask_commitment`` and ``seed_commitments[i]`` are SHA-256 commitments to the
-    self-mask seed and to the pairwise seed shared with ``receivers[i]`` (both ends of a pair
-    commit to the same value).
+    For round ``epoch_id + i`` the client draws a self-mask seed and a 32-byte *seal key*;
+    ``sealed_seeds[i]`` holds the round's pairwise seeds (one per receiver, in order), encrypted
+    with AES-GCM under that seal key. ``ciphertexts[j]`` (AES-GCM under the pair's channel key)
+    holds ``receivers[j]``'s Shamir share of all the rounds' (self-mask seed, seal key) pairs,
+    64 bytes a round (sharing a short key instead of the seeds keeps the shares small for any
+    degree). ``self_mask_commitments`` concatenates one SHA-256 commitment to each round's
+    self-mask seed, ``seed_commitments[j]`` one to each round's pairwise seed shared with
+    ``receivers[j]`` (both ends of a pair commit to the same values).
     """
 
     stage: ClassVar[Stage] = Stage.SHARE_KEYS
@@ -240,40 +269,41 @@ class SharePackage(_Message):
     )
     round_id: int
     sender: str
-    shares_round: int
     receivers: tuple[str, ...]
     ciphertexts: tuple[bytes, ...]
-    self_mask_commitment: bytes
+    self_mask_commitments: bytes
     seed_commitments: tuple[bytes, ...]
-    sealed_seeds: bytes
+    sealed_seeds: tuple[bytes, ...]
 
 
 @dataclass(frozen=True)
 class ShareKeysResponse(SharePackage):
-    """Stage 1, client to server: the share package for the epoch's first round."""
+    """Stage 1, client to server: the share package for the epoch."""
 
 
 @dataclass(frozen=True)
 class MaskedInputRequest(_Message):
-    """Stage 2, server to client: the round's share ciphertexts addressed to the receiver,
-    relayed as is, and the round (``next_round``) its next share package is for."""
+    """Stage 2, server to client: the round's ``neighbours`` (those of the client's neighbours
+    that take part, whose masks it adds) and, in the client's first round of the epoch only,
+    the share ciphertexts addressed to it, relayed as is."""
 
     stage: ClassVar[Stage] = Stage.MASKED_INPUT
     _parallel: ClassVar[tuple[tuple[str, ...], ...]] = (("senders", "receivers", "ciphertexts"),)
     round_id: int
     receiver: str
+    neighbours: tuple[str, ...]
     senders: tuple[str, ...]
     receivers: tuple[str, ...]
     ciphertexts: tuple[bytes, ...]
-    next_round: int
 
 
 @dataclass(frozen=True, eq=False)
-class MaskedInputResponse(SharePackage):
-    """Stage 2, client to server: the masked input ``y_u`` (ring words) and the client's share
-    package for the next round (``shares_round``)."""
+class MaskedInputResponse(_Message):
+    """Stage 2, client to server: the masked input ``y_u`` (ring words)."""
 
     stage: ClassVar[Stage] = Stage.MASKED_INPUT
+    round_id: int
+    sender: str
     masked: np.ndarray
 
 

@@ -12,8 +12,8 @@ adds two pure, in-process drivers used by the tests and the simulation:
 
 ``drop_at`` maps a :class:`Stage` (or its number) to the clients that drop *at* that stage:
 they receive the stage's request but never reply, and are gone for the rest of the round (a
-client that dropped at stage 3 still sent its next share package and may take part in the
-next round; one that dropped earlier holds no package and is left out of the epoch).
+client that dropped at stage 3 did send its masked input and may take part in the next round;
+one that dropped earlier is left out of the epoch).
 
 **Weighted averages.** Pass ``weights`` (non-negative integers) to :func:`run_secagg_round`
 together with inputs that are already ``weight * update``: each client's ring vector is its
@@ -103,8 +103,8 @@ def run_rounds(
     drop_at: Sequence[DropSchedule | None] | None = None,
 ) -> list[AggregateResult]:
     """Run one epoch: key set-up once, then one round per item of ``rounds`` (numbered from
-    ``config.epoch_id``), each over the clients ready for it; ``drop_at[i]`` is round i's
-    schedule (stages 0 and 1 count in round 0 only).
+    ``config.epoch_id``, at most ``config.rounds`` of them), each over the clients ready for
+    it; ``drop_at[i]`` is round i's schedule (stages 0 and 1 count in round 0 only).
 
     Each item of ``rounds`` holds a vector for (at least) every client that takes part.
     """
@@ -113,6 +113,8 @@ def run_rounds(
             raise ConfigError("run_rounds: vectors name clients that are not in the config")
     if not rounds or set(rounds[0]) != set(config.client_ids):
         raise ConfigError("the first round needs exactly one vector per client of the config")
+    if len(rounds) > config.rounds:
+        raise ConfigError(f"{len(rounds)} rounds given, the epoch serves {config.rounds}")
     schedules = list(drop_at or [None] * len(rounds))
     if len(schedules) != len(rounds):
         raise ConfigError("drop_at needs one schedule per round")

@@ -5,24 +5,28 @@ Hand-written, pure and I/O-free: :class:`SecAggClient` consumes one server reque
 and returns its reply; a transport carries the messages. Cryptographic primitives come from
 ``cryptography`` via :mod:`cordiale.crypto.primitives`.
 
-**Epochs.** Key agreement is the expensive part of the protocol (two X25519 exchanges per
-neighbour), so it runs once per *epoch* (stages 0-1) and each round of the epoch (stages 2-3)
-reuses its results. What makes the reuse safe is that no long-term secret is ever revealed:
+**Epochs.** Key agreement and secret sharing are the expensive part of the protocol (two X25519
+exchanges, a Shamir split and AES-GCM encryptions per neighbour), so they run once per *epoch*
+of ``config.rounds`` rounds (stages 0-1) and each round (stages 2-3) only masks and unmasks.
+What makes this safe is that every secret is one round's, and no long-term secret is ever
+revealed:
 
 * stage 0 (once): two X25519 key pairs (c: channels, s: masks);
 * stage 1 (once): checks the broadcast key list, derives one AES-GCM channel key and one pair
-  key ``K_uv`` per neighbour, and sends its *share package* for the epoch's first round;
-* a share package for round r: a fresh 32-byte self-mask seed ``b_u`` and the round's pairwise
-  seeds ``s_uv,r = HMAC-SHA256(K_uv, r)`` (a PRF: one round's seed tells nothing about
-  another's), sealed with AES-GCM under a fresh *seal key* ``e_u``; ``b_u`` and ``e_u`` are
-  Shamir-shared (t of its closed neighbourhood) and encrypted for each neighbour, with SHA-256
-  commitments to ``b_u`` and to each ``s_uv,r``;
-* stage 2 (each round): ``y_u = x_u + PRG(b_u) + sum_v ±PRG(s_uv,r) mod 2^bits`` over the
-  neighbours ``v`` whose round shares it accepted (``V_u``), sent with its package for the
-  next round;
-* stage 3: reveals the Shamir shares it holds (its own included) of each survivor's ``b`` and
-  of each dropped node's seal key ``e_v``, which opens ``v``'s sealed round seeds (``v``'s input
-  is not in the sum). Only shares leave, so every secret the server learns needs ``t`` holders.
+  key ``K_uv`` per neighbour, and sends its *share package* for the epoch: for each round r a
+  fresh 32-byte self-mask seed ``b_u,r`` and the round's pairwise seeds
+  ``s_uv,r = HMAC-SHA256(K_uv, r)`` (a PRF: one round's seed tells nothing about another's),
+  sealed with AES-GCM under a fresh *seal key* ``e_u,r``; all rounds' ``b_u,r`` and ``e_u,r``
+  are Shamir-shared (t of its closed neighbourhood; Shamir works byte by byte, so the shares of
+  one round's secrets are a slice of the shares) and encrypted for each neighbour, with SHA-256
+  commitments to each ``b_u,r`` and each ``s_uv,r``;
+* stage 2 (each round): in its first round only, it opens the relayed share ciphertexts of its
+  neighbours; then ``y_u = x_u + PRG(b_u,r) + sum_v ±PRG(s_uv,r) mod 2^bits`` over the round's
+  neighbours ``V_u`` (named by the server, all holding shares it accepted);
+* stage 3: reveals the Shamir shares it holds (its own included) of each survivor's ``b_v,r``
+  and of each dropped node's ``e_v,r``, which opens ``v``'s sealed seeds of round r (``v``'s
+  input is not in the sum). Only shares leave, so every secret the server learns needs ``t``
+  holders, and it is one round's: the other rounds' masks stay hidden.
 
 This departs from the original protocol, where a dropped node's mask *key* is reconstructed: with
 keys kept over rounds, that would hand the server the node's masks of every earlier round, whose
@@ -39,11 +43,12 @@ nothing more):
 * stage 1: its own public keys echoed exactly; every listed client is a neighbour on the public
   graph and listed once; all listed public keys are distinct; at least ``t`` members of its
   closed neighbourhood are listed;
-* stage 2: the round is the one its last package was made for (each round is masked once);
-  each ciphertext is addressed to this client, comes from a listed neighbour, at most one per
-  sender, authenticates under this round, and its plaintext names the same sender and receiver
-  and holds a share with the expected Shamir index; at least ``t`` members of its closed
-  neighbourhood remain;
+* stage 2: the round is one of the epoch's, after every round it masked (each round is masked
+  once); the share ciphertexts come once, in its first round: each is addressed to this
+  client, comes from a listed neighbour, at most one per sender, authenticates under this
+  epoch, and its plaintext names the same sender and receiver and holds a share of the
+  expected Shamir index and length; the round's neighbours are distinct and all sent shares,
+  and with the client they number at least ``t``;
 * stage 3, the **consistency check**. Let ``S`` be the requested survivors and ``D`` the
   dropped nodes. The client answers only if ``S`` and ``D`` are disjoint (it never reveals both
   shares of one node), ``u`` is in ``S`` (it did send its masked input), ``S ∪ D`` is exactly
@@ -114,15 +119,14 @@ class _Secrets:
     self_seed: bytes
     seal_key: bytes
     seeds: dict[str, bytes]
-    own_share: Share | None = None  # its own share of (self_seed, seal_key)
 
 
 @dataclass
 class _Round:
-    """A round after stage 2: its secrets and the shares it holds (of ``V_u``)."""
+    """A round after stage 2: its id and the neighbours it masked with (``V_u``)."""
 
-    secrets: _Secrets
-    held: dict[str, Share]
+    round_id: int
+    masked_with: frozenset[str]
 
 
 class SecAggClient:
@@ -139,7 +143,9 @@ class SecAggClient:
         self._peers: tuple[str, ...] = ()
         self._channel: dict[str, bytes] = {}
         self._pair: dict[str, bytes] = {}
-        self._pending: _Secrets | None = None
+        self._pending: dict[int, _Secrets] = {}  # the rounds it has not masked yet
+        self._own_share: Share | None = None  # of every round's (self seed, seal key)
+        self._held: dict[str, Share] | None = None  # neighbours' shares, once relayed
         self._round: _Round | None = None
 
     @property
@@ -152,24 +158,26 @@ class SecAggClient:
         """Whether the client refused a request (it then answers nothing more this epoch)."""
         return self._aborted
 
-    @property
-    def next_round(self) -> int | None:
-        """The round its last share package was made for (the only round it masks next)."""
-        return None if self._pending is None or self._aborted else self._pending.round_id
+    def can_mask(self, round_id: int) -> bool:
+        """Whether it would mask an input for ``round_id`` now: a round of the epoch after every
+        round it masked, once the keys are set up."""
+        return (
+            not self._aborted and self._phase in ("ready", "masked") and round_id in self._pending
+        )
 
     # -- stages ------------------------------------------------------------------------------
 
     def advertise_keys(self, request: AdvertiseKeysRequest) -> KeyAdvertisement:
         """Stage 0: generate the epoch's key pairs; advertise the public keys."""
-        return self._run(request, self.config.epoch_id, self._advertise_keys)
+        return self._run(request, [self.config.epoch_id], self._advertise_keys)
 
     def share_keys(self, request: ShareKeysRequest) -> ShareKeysResponse:
-        """Stage 1: check the broadcast key list; send the first round's share package."""
-        return self._run(request, self.config.epoch_id, self._share_keys)
+        """Stage 1: check the broadcast key list; send the share package for the epoch."""
+        return self._run(request, [self.config.epoch_id], self._share_keys)
 
     def masked_input(self, request: MaskedInputRequest, vector: np.ndarray) -> MaskedInputResponse:
-        """Stage 2: accept the relayed shares; mask ``vector`` (ring words) and send it with the
-        next round's share package.
+        """Stage 2: accept the relayed shares (in its first round only); mask ``vector`` (ring
+        words) with the round's neighbours and send it.
 
         ``vector`` must be 1-D with ``config.vector_length`` words of ``config.dtype``; a wrong
         vector raises CryptoError without consuming the stage.
@@ -180,20 +188,18 @@ class SecAggClient:
                 f"the input is {self.config.vector_length} words of {self.config.dtype}, "
                 f"got shape {x.shape} of {x.dtype}"
             )
-        expected = self._pending.round_id if self._pending is not None else None
-        return self._run(request, expected, lambda r: self._masked_input(r, x))
+        return self._run(request, sorted(self._pending), lambda r: self._masked_input(r, x))
 
     def unmask(self, request: UnmaskRequest) -> UnmaskResponse:
         """Stage 3: after the consistency check, reveal one share per node it masked with."""
-        return self._run(request, self._round_id(), self._unmask)
+        return self._run(
+            request, [] if self._round is None else [self._round.round_id], self._unmask
+        )
 
     # -- machinery ---------------------------------------------------------------------------
 
-    def _round_id(self) -> int | None:
-        return None if self._round is None else self._round.secrets.round_id
-
     def _run(
-        self, request: _Request, round_id: int | None, body: Callable[[_Request], ClientReply]
+        self, request: _Request, rounds: list[int], body: Callable[[_Request], ClientReply]
     ) -> ClientReply:
         stage, me = request.stage, self.client_id
         if self._aborted:
@@ -205,10 +211,13 @@ class SecAggClient:
                 f"client {me!r}: stage {stage.name} refused, it expects {names} now "
                 "(a replayed or out-of-order request)"
             )
-        if request.round_id != round_id:
+        if request.round_id not in rounds:
+            expected = f"round {rounds[0]}" if len(rounds) == 1 else "no round"
+            if len(rounds) > 1:
+                expected = f"a round in {rounds[0]}..{rounds[-1]}"
             raise ProtocolError(
                 f"client {me!r}: stage {stage.name} for round {request.round_id}, expected "
-                f"round {round_id} (a replayed or out-of-order request)"
+                f"{expected} (a replayed or out-of-order request)"
             )
         if request.receiver != me:
             raise ProtocolError(f"request for {request.receiver!r} delivered to client {me!r}")
@@ -224,8 +233,8 @@ class SecAggClient:
     def _abort(self) -> None:
         """Refuse everything from now on and drop every secret."""
         self._aborted = True
-        self._keys, self._pending, self._round = None, None, None
-        self._channel, self._pair = {}, {}
+        self._keys, self._own_share, self._held, self._round = None, None, None, None
+        self._pending, self._channel, self._pair = {}, {}, {}
 
     def _advertise_keys(self, request: AdvertiseKeysRequest) -> KeyAdvertisement:
         enc, mask = generate_keypair(), generate_keypair()
@@ -269,51 +278,78 @@ class SecAggClient:
             self._channel[peer] = proto.channel_key(enc, peer_enc, epoch, me, peer)
             self._pair[peer] = proto.pair_key(mask, peer_mask, epoch, me, peer)
         self._keys = None  # the pairwise keys are all the epoch needs
-        self._pending, package = self._package(epoch)
+        package = self._package()
         self._phase = "ready"
         return ShareKeysResponse(round_id=epoch, sender=me, **package)
 
-    def _package(self, round_id: int) -> tuple[_Secrets, dict[str, Any]]:
-        """Fresh secrets for ``round_id`` and the share package that carries them."""
-        me = self.client_id
-        secrets = _Secrets(
-            round_id,
-            os.urandom(SEED_BYTES),
-            os.urandom(SEED_BYTES),
-            {v: proto.round_seed(self._pair[v], round_id, me, v) for v in self._peers},
-        )
-        sealed = encrypt(
-            secrets.seal_key,
-            b"".join(secrets.seeds[v] for v in self._peers),
-            proto.sealed_seeds_associated_data(round_id, me),
-        )
+    def _package(self) -> dict[str, Any]:
+        """Fresh secrets for every round of the epoch and the share package that carries them."""
+        me, epoch, peers = self.client_id, self.config.epoch_id, self._peers
+        for r in self.config.round_ids:
+            seeds = {v: proto.round_seed(self._pair[v], r, me, v) for v in peers}
+            self._pending[r] = _Secrets(r, os.urandom(SEED_BYTES), os.urandom(SEED_BYTES), seeds)
+        rounds = list(self._pending.values())
         holders = self._neighbours | {me}
-        shares = split_secret(
-            secrets.self_seed + secrets.seal_key, self.config.threshold, len(holders)
-        )
-        secrets.own_share = shares[self.config.share_index(me, me) - 1]
+        secret = b"".join(s.self_seed + s.seal_key for s in rounds)
+        shares = split_secret(secret, self.config.threshold, len(holders))
+        self._own_share = shares[self.config.share_index(me, me) - 1]
         ciphertexts = []
-        for v in self._peers:
+        for v in peers:
             share = shares[self.config.share_index(me, v) - 1]
             plaintext = proto.pack(me.encode(), v.encode(), share.to_bytes())
-            ad = proto.share_associated_data(round_id, me, v)
+            ad = proto.share_associated_data(epoch, me, v)
             ciphertexts.append(encrypt(self._channel[v], plaintext, ad))
-        return secrets, {
-            "shares_round": round_id,
-            "receivers": self._peers,
+        return {
+            "receivers": peers,
             "ciphertexts": tuple(ciphertexts),
-            "self_mask_commitment": proto.self_mask_commitment(round_id, me, secrets.self_seed),
-            "seed_commitments": tuple(
-                proto.seed_commitment(round_id, me, v, secrets.seeds[v]) for v in self._peers
+            "self_mask_commitments": b"".join(
+                proto.self_mask_commitment(s.round_id, me, s.self_seed) for s in rounds
             ),
-            "sealed_seeds": sealed,
+            "seed_commitments": tuple(
+                b"".join(proto.seed_commitment(s.round_id, me, v, s.seeds[v]) for s in rounds)
+                for v in peers
+            ),
+            "sealed_seeds": tuple(
+                encrypt(
+                    s.seal_key,
+                    b"".join(s.seeds[v] for v in peers),
+                    proto.sealed_seeds_associated_data(s.round_id, me),
+                )
+                for s in rounds
+            ),
         }
 
     def _masked_input(self, request: MaskedInputRequest, x: np.ndarray) -> MaskedInputResponse:
-        assert self._pending is not None
         me, t, r = self.client_id, self.config.threshold, request.round_id
-        if request.next_round <= r:
-            raise self._refuse(f"the next round {request.next_round} does not follow round {r}")
+        if self._held is None:
+            self._held = self._accept_shares(request)
+        elif request.senders:
+            raise self._refuse("share ciphertexts were relayed to it a second time this epoch")
+        neighbours = set(request.neighbours)
+        if len(neighbours) != len(request.neighbours):
+            raise self._refuse("the round's neighbours name a client twice")
+        strangers = sorted(neighbours - set(self._held))
+        if strangers:
+            raise self._refuse(f"the round's neighbours {strangers} sent it no shares")
+        if len(neighbours) + 1 < t:
+            raise self._refuse(
+                f"only {len(neighbours) + 1} clients of its neighbourhood take part in round "
+                f"{r}, threshold is {t}"
+            )
+        secrets = self._pending[r]
+        for done in [q for q in self._pending if q <= r]:  # never mask these rounds again
+            del self._pending[done]
+        masked = x.copy()
+        masked += expand_mask(secrets.self_seed, masked.size, self.config.bits)
+        for peer in sorted(neighbours):
+            proto.add_pairwise_mask(masked, secrets.seeds[peer], me, peer)
+        self._round = _Round(r, frozenset(neighbours))
+        self._phase = "masked"
+        return MaskedInputResponse(round_id=r, sender=me, masked=masked)
+
+    def _accept_shares(self, request: MaskedInputRequest) -> dict[str, Share]:
+        """Open and check the neighbours' share ciphertexts (relayed in its first round)."""
+        me, t = self.client_id, self.config.threshold
         held: dict[str, Share] = {}
         for sender, receiver, ciphertext in zip(
             request.senders, request.receivers, request.ciphertexts, strict=True
@@ -326,25 +362,17 @@ class SecAggClient:
                 raise self._refuse(f"a ciphertext comes from {sender!r}, not a listed neighbour")
             if sender in held:
                 raise self._refuse(f"two ciphertexts come from {sender!r}")
-            held[sender] = self._open(r, sender, ciphertext)
+            held[sender] = self._open(sender, ciphertext)
         if len(held) + 1 < t:
             raise self._refuse(
                 f"only {len(held) + 1} clients of its neighbourhood shared keys, threshold is {t}"
             )
-        secrets = self._pending
-        masked = x.copy()
-        masked += expand_mask(secrets.self_seed, masked.size, self.config.bits)
-        for peer in sorted(held):
-            proto.add_pairwise_mask(masked, secrets.seeds[peer], me, peer)
-        self._round = _Round(secrets, held)
-        self._pending, package = self._package(request.next_round)
-        self._phase = "masked"
-        return MaskedInputResponse(round_id=r, sender=me, masked=masked, **package)
+        return held
 
-    def _open(self, round_id: int, sender: str, ciphertext: bytes) -> Share:
-        """Decrypt and check one neighbour's share of its round secrets."""
+    def _open(self, sender: str, ciphertext: bytes) -> Share:
+        """Decrypt and check one neighbour's share of its secrets for the epoch."""
         me = self.client_id
-        ad = proto.share_associated_data(round_id, sender, me)
+        ad = proto.share_associated_data(self.config.epoch_id, sender, me)
         try:
             plaintext = decrypt(self._channel[sender], ciphertext, ad)
             named_sender, named_receiver, raw = proto.unpack(plaintext, 3)
@@ -356,9 +384,10 @@ class SecAggClient:
         expected = self.config.share_index(sender, me)
         if share.index != expected:
             raise self._refuse(f"the share from {sender!r} does not carry index {expected}")
-        if len(share.value) != 2 * SEED_BYTES:
+        size = 2 * SEED_BYTES * self.config.rounds
+        if len(share.value) != size:
             raise self._refuse(
-                f"the share from {sender!r} has {len(share.value)} bytes, not {2 * SEED_BYTES}"
+                f"the share from {sender!r} has {len(share.value)} bytes, not {size}"
             )
         return share
 
@@ -379,7 +408,7 @@ class SecAggClient:
                 "the server does not list this client, which sent its masked "
                 "input, among the survivors"
             )
-        masked_with = set(self._round.held) | {me}
+        masked_with = set(self._round.masked_with) | {me}
         unknown = sorted((survivors | dropped) - masked_with)
         missing = sorted(masked_with - survivors - dropped)
         if unknown or missing:
@@ -391,20 +420,22 @@ class SecAggClient:
             raise self._refuse(
                 f"only {len(survivors)} survivors in its neighbourhood, threshold is {t}"
             )
-        held = {**self._round.held, me: self._round.secrets.own_share}
+        assert self._held is not None and self._own_share is not None
+        held = {**self._held, me: self._own_share}
+        at = 2 * SEED_BYTES * (self._round.round_id - self.config.epoch_id)
         self._round, self._phase = None, "ready"
         own, dead = sorted(survivors), sorted(dropped)
         return UnmaskResponse(
             round_id=request.round_id,
             sender=me,
             self_mask_owners=tuple(own),
-            self_mask_shares=tuple(_part(held[v], 0, SEED_BYTES) for v in own),
+            self_mask_shares=tuple(_part(held[v], at, SEED_BYTES) for v in own),
             seed_owners=tuple(dead),
-            seed_shares=tuple(_part(held[v], SEED_BYTES, None) for v in dead),
+            seed_shares=tuple(_part(held[v], at + SEED_BYTES, SEED_BYTES) for v in dead),
         )
 
 
-def _part(share: Share | None, start: int, stop: int | None) -> bytes:
-    """The encoded share of one part of the shared secret (Shamir works byte by byte)."""
-    assert share is not None
-    return Share(share.index, share.value[start:stop]).to_bytes()
+def _part(share: Share, start: int, size: int) -> bytes:
+    """The encoded share of ``size`` bytes of the shared secret from ``start`` (Shamir works
+    byte by byte, so a slice of a share is a share of the slice)."""
+    return bytes([share.index]) + share.value[start : start + size]

@@ -3,13 +3,15 @@ an epoch of rounds; see :mod:`cordiale.crypto.secagg_client` for the protocol).
 
 Hand-written, pure and I/O-free. :class:`SecAggServer` turns the replies of one stage into the
 requests of the next, and each round's replies into the sum of its survivors' inputs. It never
-sees a plaintext input or the content of a share ciphertext: it relays ciphertexts and, in
-stage 3, receives exactly one share per (holder, node) pair; it learns the secrets that remove
-the masks of the sum - the survivors' self-mask seeds and the round seeds between survivors and
-dropped nodes - each checked against its commitment.
+sees a plaintext input or the content of a share ciphertext: it relays ciphertexts (once an
+epoch, with each client's first stage-2 request) and, in stage 3, receives exactly one share
+per (holder, node) pair; it learns the secrets that remove the masks of the sum - the
+survivors' self-mask seeds and the round seeds between survivors and dropped nodes, of that
+round only - each checked against its commitment.
 
-Sets of a round: ``R`` the round's members (clients with a share package for the round), ``S``
-the survivors (sent masked inputs). With ``V_u = N(u) ∩ R`` (the neighbours ``u`` masks with)
+Sets of a round: ``R`` the round's members (clients still in the epoch that the caller picks),
+``S`` the survivors (sent masked inputs). With ``V_u = N(u) ∩ R`` (the neighbours ``u`` masks
+with, named in its request)
 
     sum_{u in S} x_u = sum_{u in S} y_u - sum_{u in S} PRG(b_u)
                        - sum_{u in S} sum_{v in V_u \\ S} ±PRG(s_uv,r).
@@ -19,11 +21,13 @@ the seal keys of ``V_u \\ S``; any ``t`` shares rebuild ``b_u`` for each survivo
 dropped ``v`` with a surviving partner, ``v``'s seal key, which opens the round seeds ``v``
 sealed in its package.
 
-Dropout handling: a client that does not answer a stage is out of the round. Clients whose
-closed neighbourhood falls below ``t`` are left out of the round (repeatedly, as each removal
-shrinks other neighbourhoods); the round aborts with :class:`~cordiale.core.errors.SecAggAbort`
-as soon as fewer than ``t`` clients remain, a survivor has fewer than ``t`` surviving members
-in its closed neighbourhood, or a secret to reconstruct has fewer than ``t`` shares. Malformed
+Dropout handling: a client that does not answer a stage is out of the round, and one that did
+not send its masked input is out of the epoch (a survivor silent at stage 3 stays in it).
+Clients whose closed neighbourhood falls below ``t`` are left out of the round (repeatedly, as
+each removal shrinks other neighbourhoods); the round aborts with
+:class:`~cordiale.core.errors.SecAggAbort` as soon as fewer than ``t`` clients remain, a
+survivor has fewer than ``t`` surviving members in its closed neighbourhood, or a secret to
+reconstruct has fewer than ``t`` shares. Malformed
 replies, replies from unexpected senders or duplicates, and calls out of order raise
 :class:`~cordiale.core.errors.ProtocolError`. Any error ends the epoch: the server then refuses
 every call, and the driver starts a new epoch.
@@ -56,7 +60,7 @@ from .messages import (
 )
 from .prg import SEED_BYTES, expand_mask
 from .primitives import KEY_BYTES, decrypt
-from .shamir import Share, combine_shares
+from .shamir import combine_at
 
 __all__ = ["SecAggServer"]
 
@@ -114,15 +118,17 @@ class SecAggServer:
         self.config = config
         self._phase = "new"
         self._aborted = False
-        self._alive: set[str] = set(config.client_ids)
+        self._alive: set[str] = set(config.client_ids)  # the stage or round in progress
         self._keys: dict[str, tuple[bytes, bytes]] = {}
         self._peers: dict[str, tuple[str, ...]] = {}  # who each client shares with (stage 1)
-        self._packages: dict[str, SharePackage] = {}  # for round self._packages_round
-        self._packages_round = config.epoch_id
+        self._packages: dict[str, SharePackage] = {}  # the epoch's, by sender
+        self._in_epoch: set[str] = set()  # clients that may take part in the next rounds
+        self._relayed: set[str] = set()  # clients sent the ciphertexts addressed to them
+        self._last_round = config.epoch_id - 1
         # the round in progress
         self._round = -1
+        self._index_in_epoch = 0  # of the round in progress
         self._members: set[str] = set()
-        self._round_packages: dict[str, SharePackage] = {}
         self._masked_with: dict[str, frozenset[str]] = {}
         self._sum = np.zeros(config.vector_length, dtype=config.dtype)
         self._survivors: frozenset[str] = frozenset()
@@ -138,10 +144,13 @@ class SecAggServer:
         return self._aborted
 
     def ready(self, round_id: int) -> frozenset[str]:
-        """The clients that can take part in ``round_id``: those holding its share package."""
-        if self._aborted or self._phase != "keyed" or round_id != self._packages_round:
+        """The clients that can take part in ``round_id`` (none if the epoch cannot run it)."""
+        if self._aborted or self._phase != "keyed" or not self._runs(round_id):
             return frozenset()
-        return frozenset(self._packages)
+        return frozenset(self._in_epoch)
+
+    def _runs(self, round_id: int) -> bool:
+        return self._last_round < round_id < self.config.epoch_id + self.config.rounds
 
     # -- epoch set-up --------------------------------------------------------------------------
 
@@ -181,58 +190,58 @@ class SecAggServer:
 
     @_step
     def collect_shares(self, replies: Iterable[ShareKeysResponse]) -> frozenset[str]:
-        """Collect the first round's share packages; returns the clients ready for it."""
+        """Collect the share packages; returns the clients ready for the epoch's rounds."""
         responses = self._collect(replies, ShareKeysResponse, self.config.epoch_id)
-        self._packages = self._check_packages(responses, self.config.epoch_id)
+        self._packages = self._check_packages(responses)
         self._alive = set(self._packages)
         self._require(len(self._alive), "clients shared keys")
+        self._in_epoch = set(self._alive)
         return frozenset(self._packages)
 
     # -- one round -----------------------------------------------------------------------------
 
     @_step
     def masked_input(
-        self,
-        round_id: int,
-        members: Collection[str] | None = None,
-        next_round: int | None = None,
+        self, round_id: int, members: Collection[str] | None = None
     ) -> dict[str, MaskedInputRequest]:
-        """Start round ``round_id`` over ``members`` (default: every ready client): relay to
-        each the share ciphertexts addressed to it. ``next_round`` (default ``round_id + 1``)
-        is the round the clients' next share packages are for."""
-        if round_id != self._packages_round:
-            raise ProtocolError(
-                f"round {round_id} cannot start: the clients' share packages are for round "
-                f"{self._packages_round}"
+        """Start round ``round_id`` over ``members`` (default: every client still in the epoch):
+        name to each the neighbours it masks with, and relay the share ciphertexts addressed to
+        it if this is its first round."""
+        if not self._runs(round_id):
+            first, last = self._last_round + 1, self.config.round_ids[-1]
+            left = (
+                f"runs rounds {first}..{last} now"
+                if first <= last
+                else f"(rounds {self.config.epoch_id}..{last}) has no round left"
             )
-        nxt = round_id + 1 if next_round is None else next_round
-        if nxt <= round_id:
-            raise ProtocolError(f"the next round {nxt} must follow round {round_id}")
-        chosen = set(self._packages) if members is None else set(members)
-        unready = sorted(chosen - set(self._packages))
+            raise ProtocolError(f"round {round_id} cannot start: the epoch {left}")
+        chosen = set(self._in_epoch) if members is None else set(members)
+        unready = sorted(chosen - self._in_epoch)
         if unready:
-            raise ProtocolError(f"{unready} hold no share package for round {round_id}")
-        self._begin(round_id, nxt, chosen)
+            raise ProtocolError(f"{unready} are not in the epoch (no share package, or dropped)")
+        self._begin(round_id, chosen)
         requests = {}
         for c in sorted(self._alive):
-            senders = sorted(self._masked_with[c])
+            senders = (
+                [] if c in self._relayed else [v for v in self._peers[c] if v in self._packages]
+            )
+            self._relayed.add(c)
             requests[c] = MaskedInputRequest(
                 round_id=round_id,
                 receiver=c,
+                neighbours=tuple(sorted(self._masked_with[c])),
                 senders=tuple(senders),
                 receivers=(c,) * len(senders),
                 ciphertexts=tuple(
-                    self._round_packages[v].ciphertexts[self._index(v, c)] for v in senders
+                    self._packages[v].ciphertexts[self._index(v, c)] for v in senders
                 ),
-                next_round=nxt,
             )
         return requests
 
     @_step
     def unmask(self, replies: Iterable[MaskedInputResponse]) -> dict[str, UnmaskRequest]:
-        """Collect the masked inputs (the survivors) and the next round's share packages; ask
-        each survivor for its shares of the survivors' self masks and the dropped nodes' seal
-        keys."""
+        """Collect the masked inputs (the survivors); ask each survivor for its shares of the
+        survivors' self masks and the dropped nodes' seal keys."""
         responses = self._collect(replies, MaskedInputResponse, self._round)
         for c, r in responses.items():
             if r.masked.shape != (self.config.vector_length,) or r.masked.dtype != self._sum.dtype:
@@ -240,8 +249,8 @@ class SecAggServer:
                     f"{c!r} sent a masked input of shape {r.masked.shape} and dtype "
                     f"{r.masked.dtype}, expected ({self.config.vector_length},) {self._sum.dtype}"
                 )
-        self._packages = self._check_packages(responses, self._packages_round)
         survivors = frozenset(responses)
+        self._in_epoch -= self._members - survivors
         self._require(len(survivors), "clients sent masked inputs")
         for v in sorted(self._members):
             holders = len((self._masked_with[v] | {v}) & survivors)
@@ -271,8 +280,8 @@ class SecAggServer:
         """Collect the shares, reconstruct the masks and return the sum of the survivors'
         inputs."""
         responses = self._collect(replies, UnmaskResponse, self._round)
-        self_shares: dict[str, list[Share]] = {}
-        seal_shares: dict[str, list[Share]] = {}
+        self_shares: dict[str, dict[int, bytes]] = {}
+        seal_shares: dict[str, dict[int, bytes]] = {}
         for c, r in responses.items():
             request = self._requested[c]
             if (r.self_mask_owners, r.seed_owners) != (request.survivors, request.dropped):
@@ -282,78 +291,94 @@ class SecAggServer:
                 (r.seed_owners, r.seed_shares, seal_shares),
             ):
                 for owner, data in zip(owners, raw, strict=True):
-                    into.setdefault(owner, []).append(self._share(owner, c, data))
+                    into.setdefault(owner, {})[self._share_index(owner, c, data)] = data
         total = self._sum.copy()
-        for u in sorted(self._survivors):
-            seed = self._reconstruct(u, "self mask", self_shares.get(u, []))
-            self._check_self_seed(u, seed)
-            total -= expand_mask(seed, total.size, self.config.bits)
-        for v in sorted(set(self._members) - self._survivors):
-            partners = sorted(self._masked_with[v] & self._survivors)
-            if not partners:
-                continue
-            key = self._reconstruct(v, "seal key", seal_shares.get(v, []))
+        survivors = sorted(self._survivors)
+        seeds = self._reconstruct(survivors, "self mask", self_shares)
+        for u in survivors:
+            self._check_self_seed(u, seeds[u])
+            total -= expand_mask(seeds[u], total.size, self.config.bits)
+        dropped = [
+            v
+            for v in sorted(self._members - self._survivors)
+            if self._masked_with[v] & self._survivors
+        ]
+        keys = self._reconstruct(dropped, "seal key", seal_shares)
+        for v in dropped:
             try:
-                sealed = self._round_packages[v].sealed_seeds
+                key, sealed = keys[v], self._packages[v].sealed_seeds[self._index_in_epoch]
                 ad = proto.sealed_seeds_associated_data(self._round, v)
-                seeds = proto.split_round_seeds(decrypt(key, sealed, ad), self._peers[v])
+                pair_seeds = proto.split_round_seeds(decrypt(key, sealed, ad), self._peers[v])
             except CryptoError as exc:
                 self._abort(f"the sealed round seeds of {v!r} do not open: {exc}")
-            for w in partners:
-                self._check_pair_seed(v, w, seeds[w])
-                proto.add_pairwise_mask(total, seeds[w], w, v, subtract=True)
-        self._alive = set(self._packages)
+            for w in sorted(self._masked_with[v] & self._survivors):
+                self._check_pair_seed(v, w, pair_seeds[w])
+                proto.add_pairwise_mask(total, pair_seeds[w], w, v, subtract=True)
         return AggregateResult(
             round_id=self._round, total=total, survivors=tuple(sorted(self._survivors))
         )
 
     # -- machinery ---------------------------------------------------------------------------
 
-    def _begin(self, round_id: int, next_round: int, members: set[str]) -> None:
+    def _begin(self, round_id: int, members: set[str]) -> None:
         """Reset the round state; keep the members whose neighbourhoods reach ``t``."""
-        self._round, self._packages_round = round_id, next_round
-        self._round_packages, self._packages = self._packages, {}
+        self._round, self._last_round = round_id, round_id
+        self._index_in_epoch = round_id - self.config.epoch_id
         self._alive = members
         self._prune(self._alive, "in the round")
         self._members = set(self._alive)
         self._masked_with = {c: frozenset(self._peers[c]) & self._members for c in self._members}
-        for u in sorted(self._members):
-            for v in sorted(self._masked_with[u]):
-                if u < v and self._commitment(u, v) != self._commitment(v, u):
-                    self._abort(
-                        f"{u!r} and {v!r} committed to different round seeds: their keys or "
-                        "packages do not match"
-                    )
         self._sum = np.zeros(self.config.vector_length, dtype=self.config.dtype)
         self._survivors, self._requested = frozenset(), {}
 
-    def _check_packages(
-        self, responses: Mapping[str, SharePackage], round_id: int
-    ) -> dict[str, SharePackage]:
+    def _check_packages(self, responses: Mapping[str, SharePackage]) -> dict[str, SharePackage]:
+        """Check each package's layout, and that both ends of every pair committed to the same
+        round seeds (else their keys or packages do not match)."""
+        rounds, digest = self.config.rounds, proto.COMMITMENT_BYTES
         for c, r in responses.items():
-            if r.shares_round != round_id:
-                raise ProtocolError(
-                    f"{c!r} sent a share package for round {r.shares_round}, expected {round_id}"
-                )
             if r.receivers != self._peers[c]:
                 raise ProtocolError(
                     f"{c!r} sent ciphertexts to {list(r.receivers)}, expected exactly "
                     f"{list(self._peers[c])}"
                 )
-            digests = (r.self_mask_commitment, *r.seed_commitments)
-            if any(len(d) != proto.COMMITMENT_BYTES for d in digests):
-                raise ProtocolError(f"{c!r} sent a malformed commitment")
+            commitments = (r.self_mask_commitments, *r.seed_commitments)
+            if any(len(d) != rounds * digest for d in commitments) or len(r.sealed_seeds) != rounds:
+                raise ProtocolError(
+                    f"{c!r} sent a share package that is not for the epoch's {rounds} rounds"
+                )
+        for u in sorted(responses):
+            for v in self._peers[u]:
+                if (
+                    u < v
+                    and v in responses
+                    and self._pair_commitments(responses, u, v)
+                    != (self._pair_commitments(responses, v, u))
+                ):
+                    self._abort(
+                        f"{u!r} and {v!r} committed to different round seeds: their keys or "
+                        "packages do not match"
+                    )
         return dict(responses)
+
+    def _pair_commitments(
+        self, packages: Mapping[str, SharePackage], owner: str, peer: str
+    ) -> bytes:
+        return packages[owner].seed_commitments[self._index(owner, peer)]
 
     def _index(self, owner: str, receiver: str) -> int:
         return self._peers[owner].index(receiver)
 
     def _commitment(self, owner: str, peer: str) -> bytes:
-        return self._round_packages[owner].seed_commitments[self._index(owner, peer)]
+        return self._this_round(self._pair_commitments(self._packages, owner, peer))
+
+    def _this_round(self, commitments: bytes) -> bytes:
+        """The round's commitment among the epoch's (one per round, concatenated)."""
+        at = self._index_in_epoch * proto.COMMITMENT_BYTES
+        return commitments[at : at + proto.COMMITMENT_BYTES]
 
     def _check_self_seed(self, owner: str, seed: bytes) -> None:
-        package = self._round_packages[owner]
-        if len(seed) != SEED_BYTES or package.self_mask_commitment != proto.self_mask_commitment(
+        committed = self._this_round(self._packages[owner].self_mask_commitments)
+        if len(seed) != SEED_BYTES or committed != proto.self_mask_commitment(
             self._round, owner, seed
         ):
             self._abort(f"the self-mask seed of {owner!r} does not match its commitment")
@@ -412,26 +437,38 @@ class SecAggServer:
             alive -= starved
         self._require(len(alive), f"clients {what} with {t} live neighbourhood members")
 
-    def _share(self, owner: str, holder: str, data: bytes) -> Share:
-        try:
-            share = Share.from_bytes(data)
-        except CryptoError as exc:
-            raise ProtocolError(f"{holder!r} sent a malformed share of {owner!r}: {exc}") from None
-        if share.index != self.config.share_index(owner, holder):
-            raise ProtocolError(f"{holder!r} sent a share of {owner!r} with a wrong index")
-        return share
-
-    def _reconstruct(self, owner: str, what: str, shares: list[Share]) -> bytes:
-        """The secret from ``t`` of the shares (those of the lowest indices). The others are
-        not cross-checked (that costs 7x at 100 sites): what is rebuilt is checked anyway, a
-        self-mask seed against its commitment, a seal key by opening the sealed seeds."""
-        t = self.config.threshold
-        if len(shares) < t:
-            self._abort(
-                f"cannot reconstruct the {what} of {owner!r}: {len(shares)} shares "
-                f"received, threshold is {t}"
+    def _share_index(self, owner: str, holder: str, data: bytes) -> int:
+        """The index of one encoded share (index byte, then a 32-byte part), checked."""
+        if len(data) != 1 + SEED_BYTES:
+            raise ProtocolError(
+                f"{holder!r} sent a malformed share of {owner!r}: {len(data)} bytes, expected "
+                f"an index byte and {SEED_BYTES} value bytes"
             )
-        try:
-            return combine_shares(sorted(shares, key=lambda s: s.index)[:t], t)
-        except CryptoError as exc:
-            self._abort(f"cannot reconstruct the {what} of {owner!r}: {exc}")
+        if data[0] != self.config.share_index(owner, holder):
+            raise ProtocolError(f"{holder!r} sent a share of {owner!r} with a wrong index")
+        return data[0]
+
+    def _reconstruct(
+        self, owners: list[str], what: str, shares: Mapping[str, Mapping[int, bytes]]
+    ) -> dict[str, bytes]:
+        """Each owner's secret from ``t`` of its shares (those of the lowest indices), owners
+        with the same indices at once. The other shares are not cross-checked (that costs 7x at
+        100 sites): what is rebuilt is checked anyway, a self-mask seed against its commitment,
+        a seal key by opening the sealed seeds."""
+        t = self.config.threshold
+        groups: dict[tuple[int, ...], list[str]] = {}
+        for owner in owners:
+            held = shares.get(owner, {})
+            if len(held) < t:
+                self._abort(
+                    f"cannot reconstruct the {what} of {owner!r}: {len(held)} shares "
+                    f"received, threshold is {t}"
+                )
+            groups.setdefault(tuple(sorted(held)[:t]), []).append(owner)
+        secrets: dict[str, bytes] = {}
+        for xs, group in groups.items():
+            raw = b"".join(shares[o][x][1:] for o in group for x in xs)
+            values = np.frombuffer(raw, dtype=np.uint8).reshape(len(group), t, SEED_BYTES)
+            for owner, secret in zip(group, combine_at(xs, values), strict=True):
+                secrets[owner] = secret.tobytes()
+        return secrets

@@ -373,6 +373,7 @@ class Federation:
                 if self.config.dp is not None and self.config.dp.mode == "client"
                 else max((self.node_examples.get(n, 0) for n in contents), default=0)
             ),
+            last_round=self.config.rounds,
         )
         self._check_fit_nodes(server_round, len(result.nodes), len(contents), result.failures)
         self.weights = self.strategy.server_update(server_round, self.weights, result.mean_update)

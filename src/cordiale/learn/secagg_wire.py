@@ -20,8 +20,9 @@ malformed message raises :class:`~cordiale.core.errors.WireError` that says what
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, fields
-from typing import Any, Final, TypeVar
+from typing import Any, Final, NamedTuple, TypeVar
 
 import numpy as np
 
@@ -79,6 +80,8 @@ RESPONSES: Final[dict[str, type]] = {
 
 _M = TypeVar("_M")
 _ARRAY_TYPES = ("bytes", "tuple[bytes, ...]", "np.ndarray")
+_UINT8: Final = np.dtype(np.uint8)
+_MISSING: Final = object()
 
 
 def step_of(content: Content) -> str:
@@ -93,6 +96,27 @@ def step_of(content: Content) -> str:
     return step
 
 
+class _Field(NamedTuple):
+    name: str
+    type: str  # as annotated: "int", "bytes", "tuple[str, ...]"...
+    key: str  # the config key of its value, or of its lengths for a tuple of bytes
+
+
+@functools.cache
+def _layout(cls: type) -> tuple[tuple[_Field, ...], frozenset[str]]:
+    """The fields of protocol message class ``cls`` and the names of those that travel as arrays:
+    worked out once per class, not with ``dataclasses.fields`` for every message."""
+    layout = tuple(
+        _Field(
+            f.name,
+            str(f.type),
+            f"{_MSG}{f.name}.lengths" if f.type == "tuple[bytes, ...]" else f"{_MSG}{f.name}",
+        )
+        for f in fields(cls)
+    )
+    return layout, frozenset(f.name for f in layout if f.type in _ARRAY_TYPES)
+
+
 def to_content(step: str, message: Any, base: Content | None = None) -> Content:
     """``message`` (a protocol dataclass) as the records of a secagg message of ``step``.
 
@@ -101,26 +125,26 @@ def to_content(step: str, message: Any, base: Content | None = None) -> Content:
     """
     if step not in STEPS:
         raise ProtocolError(f"unknown secure-aggregation step {step!r}")
-    content = Content(
-        arrays=dict(base.arrays) if base else {},
-        metrics=MetricRecord(base.metrics.to_dict() if base else {}),
-        config=ConfigRecord(base.config.to_dict() if base else {}),
-    )
-    content.config[STAGE_KEY] = step
-    arrays = ArrayRecord()
-    for f in fields(message):
-        value = getattr(message, f.name)
-        if f.type == "bytes":
-            arrays[f.name] = np.frombuffer(value, dtype=np.uint8).copy()
-        elif f.type == "tuple[bytes, ...]":
-            arrays[f.name] = np.frombuffer(b"".join(value), dtype=np.uint8).copy()
-            content.config[f"{_MSG}{f.name}.lengths"] = [len(v) for v in value]
-        elif f.type == "np.ndarray":
-            arrays[f.name] = np.asarray(value)
-        else:  # int, str, tuple[str, ...]
-            content.config[f"{_MSG}{f.name}"] = list(value) if isinstance(value, tuple) else value
+    if base is None:
+        content = Content()
+    else:  # a record copies a record of its own type without checking its values again
+        content = Content(dict(base.arrays), MetricRecord(base.metrics), ConfigRecord(base.config))
+    config = content.config
+    config[STAGE_KEY] = step
+    arrays: list[tuple[str, np.ndarray]] = []
+    for name, kind, key in _layout(type(message))[0]:
+        value = getattr(message, name)
+        if kind == "bytes":  # a read-only view of immutable bytes (bytes() copies anything else)
+            arrays.append((name, np.frombuffer(bytes(value), _UINT8)))
+        elif kind == "tuple[bytes, ...]":
+            arrays.append((name, np.frombuffer(b"".join(value), _UINT8)))
+            config[key] = list(map(len, value))
+        elif kind == "np.ndarray":
+            arrays.append((name, np.asarray(value)))
+        else:  # int, str, tuple[str, ...] (which the record stores as a list)
+            config[key] = value
     if arrays:
-        content.arrays[ARRAYS] = arrays
+        content.arrays[ARRAYS] = ArrayRecord(arrays)
     return content
 
 
@@ -128,40 +152,37 @@ def from_content(cls: type[_M], content: Content) -> _M:
     """Rebuild a protocol message of type ``cls``; WireError if the records do not fit it."""
     name = cls.__name__
     cfg = content.config
-    arrays = content.arrays.get(ARRAYS, ArrayRecord())
-    expected = {f.name for f in fields(cls) if f.type in _ARRAY_TYPES}  # type: ignore[arg-type]
-    if set(arrays) != expected:
+    layout, expected = _layout(cls)
+    arrays = content.arrays.get(ARRAYS)
+    if arrays is None:
+        arrays = ArrayRecord()
+    if arrays.keys() != expected:
         raise WireError(
             f"{name}: the '{ARRAYS}' arrays must be exactly {sorted(expected)}, "
             f"got {sorted(arrays)}"
         )
     values: dict[str, Any] = {}
-    for f in fields(cls):  # type: ignore[arg-type]
-        if f.type in _ARRAY_TYPES:
-            array = arrays[f.name]
-            if f.type == "np.ndarray":
-                values[f.name] = array
-                continue
-            if array.dtype != np.uint8 or array.ndim != 1:
+    for field, kind, key in layout:
+        if kind == "np.ndarray":
+            values[field] = arrays[field]
+        elif kind in _ARRAY_TYPES:  # bytes or a tuple of bytes
+            array = arrays[field]
+            if array.dtype != _UINT8 or array.ndim != 1:
                 raise WireError(
-                    f"{name}.{f.name}: expected a 1-D uint8 array, got {array.dtype}"
+                    f"{name}.{field}: expected a 1-D uint8 array, got {array.dtype}"
                     f"{list(array.shape)}"
                 )
             raw = array.tobytes()
-            if f.type == "bytes":
-                values[f.name] = raw
-            else:
-                values[f.name] = _split(name, f.name, raw, cfg.get(f"{_MSG}{f.name}.lengths"))
-            continue
-        key = f"{_MSG}{f.name}"
-        if key not in cfg:
-            raise WireError(f"{name}: missing field {f.name!r} ('{key}')")
-        value = cfg[key]
-        if f.type == "tuple[str, ...]":
-            if not isinstance(value, list):
-                raise WireError(f"{name}.{f.name}: expected a list of strings, got {value!r}")
-            value = tuple(value)
-        values[f.name] = value
+            values[field] = raw if kind == "bytes" else _split(name, field, raw, cfg.get(key))
+        else:
+            value = cfg.get(key, _MISSING)
+            if value is _MISSING:
+                raise WireError(f"{name}: missing field {field!r} ('{key}')")
+            if kind == "tuple[str, ...]":
+                if not isinstance(value, list):
+                    raise WireError(f"{name}.{field}: expected a list of strings, got {value!r}")
+                value = tuple(value)
+            values[field] = value
     try:
         return cls(**values)
     except WireError:
@@ -171,19 +192,27 @@ def from_content(cls: type[_M], content: Content) -> _M:
 
 
 def _split(owner: str, field: str, raw: bytes, lengths: object) -> tuple[bytes, ...]:
-    if not isinstance(lengths, list) or not all(
-        isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in lengths
-    ):
-        raise WireError(f"{owner}.{field}: lengths must be a list of non-negative integers")
-    if sum(lengths) != len(raw):
-        raise WireError(
-            f"{owner}.{field}: lengths add up to {sum(lengths)} bytes, the array has {len(raw)}"
-        )
-    out, offset = [], 0
+    """``raw`` cut into pieces of ``lengths``: non-negative integers that add up to its size."""
+    if not isinstance(lengths, list):
+        raise _bad_lengths(owner, field)
+    out: list[bytes] = []
+    offset = 0
     for n in lengths:
-        out.append(raw[offset : offset + n])
-        offset += n
+        # an exact int (all that a record's list of ints holds) needs no isinstance; not a bool
+        if (type(n) is not int and (not isinstance(n, int) or isinstance(n, bool))) or n < 0:
+            raise _bad_lengths(owner, field)
+        end = offset + n
+        out.append(raw[offset:end])
+        offset = end
+    if offset != len(raw):
+        raise WireError(
+            f"{owner}.{field}: lengths add up to {offset} bytes, the array has {len(raw)}"
+        )
     return tuple(out)
+
+
+def _bad_lengths(owner: str, field: str) -> WireError:
+    return WireError(f"{owner}.{field}: lengths must be a list of non-negative integers")
 
 
 @dataclass(frozen=True)
@@ -210,6 +239,7 @@ def parameters_to_config(params: EpochParameters) -> ConfigRecord:
             f"{_CFG}vector_length": p.vector_length,
             f"{_CFG}bits": p.bits,
             f"{_CFG}graph_seed": p.graph_seed.hex(),
+            f"{_CFG}rounds": p.rounds,
             f"{_CFG}clip": float(c.clip),
             f"{_CFG}frac_bits": c.frac_bits,
             f"{_CFG}names": list(params.names),
@@ -247,6 +277,7 @@ def parameters_from_config(cfg: ConfigRecord) -> EpochParameters:
             bits=get("bits", int),
             degree=degree,
             graph_seed=seed,
+            rounds=get("rounds", int),
         )
         codec = FixedPointCodec(
             clip=float(get("clip", (int, float))),

@@ -6,17 +6,20 @@ SecAgg+ graph of Bell et al. 2020, keys kept for an epoch of rounds) over the st
 in messages of stage ``"secagg"`` (:mod:`cordiale.learn.secagg_wire`):
 
 1. at the start of an epoch only, ``advertise_keys`` (with the epoch's public parameters) and
-   ``share_keys``: two key agreements per pair of neighbours, once;
-2. ``masked_input``: each node gets the training task with the round's relayed share
-   ciphertexts; it trains (:func:`~cordiale.learn.tasks.train_update`), encodes its update and
-   answers with the masked vector (uniformly random on its own) and its next share package;
+   ``share_keys``: two key agreements per pair of neighbours, and each node's secrets for every
+   round of the epoch, Shamir-shared and encrypted for its neighbours, once;
+2. ``masked_input``: each node gets the training task with the round's neighbours (and, in its
+   first round of the epoch, the relayed share ciphertexts); it trains
+   (:func:`~cordiale.learn.tasks.train_update`), encodes its update and answers with the masked
+   vector (uniformly random on its own);
 3. ``unmask``: each survivor's shares of the secrets that remove the masks of the sum (the
-   survivors' self-mask seeds, the dropped nodes' seal keys).
+   survivors' self-mask seeds, the dropped nodes' seal keys), of this round only.
 
-So a round of an epoch costs two exchanges instead of one, and no key agreement. The hub
-(:class:`SecureAggregator`) keeps the epoch while the same sites hold share packages for the
-next round, up to :attr:`SecureAggregationConfig.rekey_every` rounds; a failed round, a site
-missing from the epoch or a change of the update's layout starts a new one. It unmasks the *sum*
+So a round of an epoch costs two exchanges instead of one, and no key agreement or secret
+sharing. The hub (:class:`SecureAggregator`) keeps the epoch for up to
+:attr:`SecureAggregationConfig.rekey_every` rounds (fewer when the study ends sooner) while
+every sampled site is still in it; a failed round, a site that dropped out or was not in the
+epoch, or a change of the update's layout starts a new one. It unmasks the *sum*
 of the survivors' inputs, divides by their total weight and hands the mean update to
 :meth:`Strategy.server_update <cordiale.learn.strategies.Strategy.server_update>`, so every
 strategy works unchanged: privacy by wrapping.
@@ -71,7 +74,6 @@ from cordiale.crypto import (
     SecAggClient,
     SecAggConfig,
     SecAggServer,
-    Stage,
     choose_bits,
     decode_weighted,
     default_threshold,
@@ -175,9 +177,11 @@ class SecureAggregationConfig:
         nodes: Sequence[str],
         shapes: Mapping[str, tuple[int, ...]],
         max_weight: int,
+        *,
+        rounds: int = 1,
     ) -> EpochParameters:
-        """The public parameters of an epoch over ``nodes`` starting at ``first_round``
-        (ConfigError if impossible)."""
+        """The public parameters of an epoch of ``rounds`` rounds over ``nodes`` starting at
+        ``first_round`` (ConfigError if impossible)."""
         n = len(nodes)
         if n < 2:
             raise ConfigError(f"secure aggregation needs at least 2 sites in a round; got {n}")
@@ -196,6 +200,7 @@ class SecureAggregationConfig:
                 bits=bits,
                 degree=None if k == n - 1 else k,
                 graph_seed=os.urandom(16),
+                rounds=rounds,
             )
         except CryptoError as exc:
             raise ConfigError(
@@ -240,16 +245,15 @@ class SecureRoundResult:
 class _Epoch:
     server: SecAggServer
     params: EpochParameters
-    rounds: int = 0
 
 
 class SecureAggregator:
     """The hub's side of secure aggregation over a study's rounds; keeps an epoch's keys.
 
     :meth:`run_round` runs one training round. It reuses the current epoch when every sampled
-    node holds a share package for this round, the update's layout and weight bound are the
-    epoch's, and the epoch has served fewer than ``rekey_every`` rounds; otherwise it first
-    agrees on fresh keys. Any failure ends the epoch.
+    node is still in it, the update's layout and weight bound are the epoch's, and the round is
+    one of the epoch's (an epoch serves ``rekey_every`` rounds, fewer if the study ends
+    sooner); otherwise it first sets up fresh keys and secrets. Any failure ends the epoch.
     """
 
     def __init__(self, settings: SecureAggregationConfig) -> None:
@@ -264,12 +268,14 @@ class SecureAggregator:
         shapes: Mapping[str, tuple[int, ...]],
         *,
         max_weight: int,
+        last_round: int | None = None,
     ) -> SecureRoundResult:
         """Run one training round through secure aggregation; return the survivors' mean update.
 
         ``tasks`` holds each sampled node's training task (weights, scaler, configuration), as
         for a plain round; ``shapes`` the names and shapes of the update
-        (:func:`update_shapes`); ``max_weight`` the largest example count a node may carry.
+        (:func:`update_shapes`); ``max_weight`` the largest example count a node may carry;
+        ``last_round`` the study's last round (None: unknown), past which an epoch is not set up.
         Raises SecAggAbort when fewer than ``threshold`` nodes survive, ConfigError when the
         settings cannot fit the round.
         """
@@ -279,7 +285,12 @@ class SecureAggregator:
         self._epoch = None  # until this round succeeds
         try:
             if epoch is None:
-                params = self.settings.epoch_parameters(server_round, nodes, shapes, max_weight)
+                left = self.settings.rekey_every
+                if last_round is not None:
+                    left = max(1, min(left, last_round - server_round + 1))
+                params = self.settings.epoch_parameters(
+                    server_round, nodes, shapes, max_weight, rounds=left
+                )
                 epoch = _Epoch(SecAggServer(params.protocol), params)
                 ready = self._set_up(exchange, epoch, failures)
             else:
@@ -292,9 +303,7 @@ class SecureAggregator:
         except ProtocolError as exc:
             message = f"round {server_round}: secure aggregation failed: {exc.message}"
             raise ProtocolError(message) from None
-        epoch.rounds += 1
-        if epoch.rounds < self.settings.rekey_every:
-            self._epoch = epoch
+        self._epoch = epoch
         private = any("dp.mode" in c.config for c in tasks.values())
         survivors = list(result.survivors)
         for node in nodes:
@@ -312,7 +321,7 @@ class SecureAggregator:
         max_weight: int,
     ) -> _Epoch | None:
         epoch = self._epoch
-        if epoch is None or epoch.rounds >= self.settings.rekey_every:
+        if epoch is None:
             return None
         params = epoch.params
         same_layout = list(params.names) == list(shapes) and max_weight <= params.max_weight
@@ -341,7 +350,7 @@ class SecureAggregator:
         failures: dict[str, str],
     ) -> tuple[Any, dict[str, float]]:
         server = epoch.server
-        requests = server.masked_input(server_round, members & set(tasks), server_round + 1)
+        requests = server.masked_input(server_round, members & set(tasks))
         contents = {n: to_content(TRAINING_STEP, r, tasks[n]) for n, r in requests.items()}
         ok, failed = exchange(contents)
         failures.update(failed)
@@ -519,10 +528,10 @@ def _train_and_mask(
     client, params = session.client, session.params
     assert client is not None and params is not None
     server_round = request.round_id
-    if Stage.MASKED_INPUT not in client.expects or client.next_round != server_round:
+    if not client.can_mask(server_round):
         raise ProtocolError(
-            f"this node holds no share package for round {server_round} (next: "
-            f"{client.next_round}); it does not train for it"
+            f"this node's secure-aggregation epoch does not cover round {server_round} (or it "
+            "masked it already); it does not train for it"
         )
     if server_round <= session.highest_masked_round:
         raise ProtocolError(
