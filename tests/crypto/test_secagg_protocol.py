@@ -13,7 +13,9 @@ from secagg_harness import draw_counts, drop_schedule
 
 from cordiale.core.errors import ConfigError, CryptoError, SecAggAbort
 from cordiale.crypto import (
+    SecAggClient,
     SecAggConfig,
+    SecAggServer,
     Stage,
     neighbour_graph,
     run_protocol,
@@ -508,3 +510,103 @@ def test_drop_at_accepts_stage_numbers():
     inputs = random_inputs(4, 3, 0)
     result = run_secagg_round(inputs, clip=CLIP, threshold=2, drop_at={2: ["site-01"]})
     assert "site-01" not in result.survivors
+
+
+# -- asking only some survivors to unmask (spare_holders) -----------------------------------
+
+
+def _unmask_requests(config: SecAggConfig, spare_holders: int | None) -> tuple[int, SecAggServer]:
+    """Run one round to stage 3; the number of survivors asked, and the server."""
+    clients = {c: SecAggClient(c, config) for c in config.client_ids}
+    server = SecAggServer(config, spare_holders=spare_holders)
+    adverts = [clients[c].advertise_keys(r) for c, r in server.advertise_keys().items()]
+    shares = [clients[c].share_keys(r) for c, r in server.share_keys(adverts).items()]
+    server.collect_shares(shares)
+    words = random_words(
+        list(config.client_ids), config.vector_length, 32, np.random.default_rng(0)
+    )
+    masked = [
+        clients[c].masked_input(r, words[c])
+        for c, r in server.masked_input(config.epoch_id).items()
+    ]
+    return len(server.unmask(masked)), server
+
+
+@pytest.mark.parametrize(
+    ("n", "degree", "threshold", "spare", "asked"),
+    [
+        (100, None, 51, 0, 51),  # complete graph: any t survivors hold a share of every secret
+        (100, None, 51, 2, 53),
+        (20, None, 11, None, 20),  # off: every survivor
+        (100, 10, 6, 0, range(55, 80)),  # each closed neighbourhood of 11 keeps 6 holders
+        (100, 10, 6, 1, range(60, 90)),
+        (8, 3, 3, 5, 8),  # more spares than holders: everyone
+    ],
+)
+def test_only_enough_survivors_are_asked_to_unmask(n, degree, threshold, spare, asked):
+    config = SecAggConfig(
+        epoch_id=1,
+        client_ids=tuple(ids(n)),
+        threshold=threshold,
+        vector_length=3,
+        degree=degree,
+        graph_seed=b"spares",
+    )
+    count, server = _unmask_requests(config, spare)
+    assert count in asked if isinstance(asked, range) else count == asked
+    # every secret has t + spare holders among those asked, where it has that many at all
+    chosen = server.asked
+    for owner in config.client_ids:
+        holders = (config.neighbours(owner) | {owner}) & chosen
+        assert len(holders) >= min(threshold + (spare or 0), len(config.neighbours(owner)) + 1)
+
+
+@settings(max_examples=15, deadline=None)
+@given(data=st.data())
+def test_silent_survivors_asked_to_unmask_are_made_up_for_by_others(data):
+    """With spare_holders, a survivor asked at stage 3 that stays silent costs one more
+    exchange with the survivors not asked yet; the sum is exact while each secret keeps t
+    holders among the survivors who answer."""
+    n, degree, t = 12, 5, 3
+    spare = data.draw(st.sampled_from([0, 1]), label="spare")
+    config = SecAggConfig(
+        epoch_id=3,
+        client_ids=tuple(ids(n)),
+        threshold=t,
+        vector_length=5,
+        degree=degree,
+        graph_seed=b"silent",
+        rounds=2,
+    )
+    silent = set(data.draw(st.lists(st.sampled_from(ids(n)), max_size=3, unique=True)))
+    closed = {c: config.neighbours(c) | {c} for c in config.client_ids}
+    rounds = [random_words(ids(n), 5, 32, np.random.default_rng(i)) for i in range(2)]
+    schedule = {Stage.UNMASK: silent}
+    if all(len(closed[c] - silent) >= t for c in config.client_ids):
+        results = run_rounds(config, rounds, [schedule, {}], spare_holders=spare)
+        for result, words in zip(results, rounds, strict=True):
+            assert set(result.survivors) == set(ids(n))  # silent at stage 3: still counted
+            assert np.array_equal(result.total, ring_sum(words, result.survivors))
+    else:
+        with pytest.raises(SecAggAbort, match=r"shares received, threshold is 3"):
+            run_rounds(config, rounds, [schedule, {}], spare_holders=spare)
+
+
+def test_a_follow_up_asks_only_survivors_not_asked_yet():
+    config = SecAggConfig(
+        epoch_id=1, client_ids=tuple(ids(100)), threshold=51, vector_length=3, graph_seed=b"x"
+    )
+    count, server = _unmask_requests(config, 0)
+    assert count == 51
+    first = server.asked
+    more = server.unmask_more([])  # every survivor asked was silent
+    assert set(more) == set(ids(100)) - first  # only those can still help
+    with pytest.raises(SecAggAbort, match="self mask of 'site-00': 0 shares received"):
+        server.aggregate([])  # and they were silent too
+
+
+@pytest.mark.parametrize("bad", [-1, True, 1.5, "1"])
+def test_spare_holders_must_be_none_or_a_count(bad):
+    config = SecAggConfig(epoch_id=1, client_ids=tuple(ids(4)), threshold=2, vector_length=3)
+    with pytest.raises(CryptoError, match="spare_holders is None or an integer >= 0"):
+        SecAggServer(config, spare_holders=bad)

@@ -337,6 +337,7 @@ def test_clipping_is_counted_in_the_node_log_only(pima_sites, caplog):
         ({"degree": 0}, "neighbours must be an integer >= 1"),
         ({"clip": -1.0}, "clip must be a finite positive number"),
         ({"frac_bits": 60}, "frac_bits must be an integer in 0..52"),
+        ({"spare_holders": -1}, "spare_holders must be an integer >= 0"),
         ({"clip": 1e12, "frac_bits": 40}, "does not fit a 64-bit ring"),
     ],
 )
@@ -567,6 +568,26 @@ def test_a_silent_survivor_is_recovered_from_shares(pima_sites):
     assert record.nodes == ["site-0", "site-1", "site-3"]
     assert _steps_by_round(transport)[1][-1] == "unmask"
     plain_weights, _ = _plain_updates(pima_sites, lost=("site-2",))
+    _assert_same_weights(fed.weights, plain_weights)
+
+
+def test_the_hub_asks_enough_sites_to_unmask_and_others_if_one_is_silent(pima_sites):
+    """With no spare share (spare_holders=0) the hub asks t = 2 of the 4 sites to unmask; one
+    of them is silent, so it asks the two others in a second unmask exchange of the round."""
+    asked: list[list[str]] = []
+
+    def lose(step, messages):
+        if step == "unmask":
+            asked.append(sorted(m.envelope.recipient for m in messages))
+            if len(asked) == 1:
+                transport.disconnect(asked[0][-1])
+
+    fed, transport = _federation(pima_sites, before=lose, threshold=2, spare_holders=0)
+    record = fed.step(1)
+    assert len(asked) == 2 and len(asked[0]) == 2
+    assert set(asked[1]) == set(SITES) - set(asked[0])  # only those not asked yet
+    assert record.nodes == SITES  # the silent one sent its masked input: its update counts
+    plain_weights, _ = _plain_updates(pima_sites)
     _assert_same_weights(fed.weights, plain_weights)
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import hmac
 import struct
 
 import numpy as np
@@ -73,15 +72,27 @@ def pair_key(own: KeyPair, peer_public: bytes, epoch_id: int, a: str, b: str) ->
     return agree(own, peer_public, context("mask-key", epoch_id, *sorted((a, b))))
 
 
-def round_seed(key: bytes, round_id: int, a: str, b: str) -> bytes:
-    """The pairwise mask seed of ``a`` and ``b`` for one round: HMAC-SHA256 (a PRF) of the
-    epoch's pair key, so revealing it tells nothing of any other round's seed."""
-    return hmac.digest(key, context("round-seed", round_id, *sorted((a, b))), "sha256")
+def round_seeds(key: bytes, rounds: int) -> list[bytes]:
+    """The pairwise mask seeds of the epoch's ``rounds`` rounds, in order, from the epoch's pair
+    key (bound to the epoch and the pair): consecutive 32-byte blocks of its ChaCha20 keystream,
+    one call for all rounds. The keystream is a PRF of the key, so revealing one round's seed
+    tells nothing of another's."""
+    stream = expand_mask(key, rounds * SEED_BYTES // 4, 32).tobytes()
+    return [stream[i : i + SEED_BYTES] for i in range(0, len(stream), SEED_BYTES)]
 
 
 def seed_commitment(round_id: int, a: str, b: str, seed: bytes) -> bytes:
     """SHA-256 commitment to a round seed of ``a`` and ``b`` (both ends compute the same)."""
     return hashlib.sha256(context("seed-commitment", round_id, *sorted((a, b))) + seed).digest()
+
+
+def seed_commitments(round_ids: range, a: str, b: str, seeds: list[bytes]) -> bytes:
+    """:func:`seed_commitment` of each round's seed, concatenated (the context built once)."""
+    label, pair = _label("seed-commitment"), b"".join(map(_field, sorted((a, b))))
+    return b"".join(
+        hashlib.sha256(label + _field(str(r)) + pair + seed).digest()
+        for r, seed in zip(round_ids, seeds, strict=True)
+    )
 
 
 def share_associated_data(round_id: int, sender: str, receiver: str) -> bytes:

@@ -42,6 +42,7 @@ __all__ = [
     "DEFAULT_CLIP",
     "DEFAULT_FRAC_BITS",
     "DEFAULT_REKEY_EVERY",
+    "DEFAULT_SPARE_HOLDERS",
     "FixedPointCodec",
     "choose_bits",
     "decode_weighted",
@@ -55,6 +56,9 @@ DEFAULT_FRAC_BITS = 16
 DEFAULT_REKEY_EVERY = 10
 """Default number of rounds one secure-aggregation key epoch serves (kept here, with the other
 secure-aggregation defaults, so that the CLI reads them without loading the protocol)."""
+DEFAULT_SPARE_HOLDERS: int | None = 1
+"""Default shares beyond the threshold the hub asks for at unmasking (None: ask every survivor):
+one spare, so that one site silent at unmasking costs no extra exchange."""
 
 _MAX_SCALED = 2**52
 """Largest |c * 2^f| accepted: float64 then represents every quantised value exactly."""

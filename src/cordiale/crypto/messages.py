@@ -198,7 +198,9 @@ def _check_field(owner: str, name: str, kind: str, value: Any) -> Any:
         return bytes(value)
     if kind in ("tuple[str, ...]", "tuple[bytes, ...]"):
         item = str if kind == "tuple[str, ...]" else bytes
-        if not isinstance(value, tuple | list) or not all(isinstance(v, item) for v in value):
+        if not isinstance(value, tuple | list) or not (
+            set(map(type, value)) <= {item} or all(isinstance(v, item) for v in value)
+        ):
             raise WireError(f"{where} is a sequence of {item.__name__}")
         return tuple(value)
     if kind == "np.ndarray":

@@ -87,20 +87,25 @@ def run_protocol(
     config: SecAggConfig,
     vectors: Mapping[str, np.ndarray],
     drop_at: DropSchedule | None = None,
+    *,
+    spare_holders: int | None = None,
 ) -> AggregateResult:
     """Run an epoch of one round (number ``config.epoch_id``) in-process; returns the server's
     :class:`AggregateResult`.
 
     ``vectors`` holds one 1-D ``config.dtype`` array of ``config.vector_length`` words per
     client of ``config.client_ids``. Raises SecAggAbort when the dropouts leave too few clients.
+    ``spare_holders``: see :class:`SecAggServer` (None: every survivor is asked to unmask).
     """
-    return run_rounds(config, [vectors], [drop_at])[0]
+    return run_rounds(config, [vectors], [drop_at], spare_holders=spare_holders)[0]
 
 
 def run_rounds(
     config: SecAggConfig,
     rounds: Sequence[Mapping[str, np.ndarray]],
     drop_at: Sequence[DropSchedule | None] | None = None,
+    *,
+    spare_holders: int | None = None,
 ) -> list[AggregateResult]:
     """Run one epoch: key set-up once, then one round per item of ``rounds`` (numbered from
     ``config.epoch_id``, at most ``config.rounds`` of them), each over the clients ready for
@@ -119,7 +124,7 @@ def run_rounds(
     if len(schedules) != len(rounds):
         raise ConfigError("drop_at needs one schedule per round")
     clients = {c: SecAggClient(c, config) for c in config.client_ids}
-    server = SecAggServer(config)
+    server = SecAggServer(config, spare_holders=spare_holders)
     drops = _drop_schedule(schedules[0], config.client_ids)
     adverts = [
         clients[c].advertise_keys(r)
@@ -139,10 +144,12 @@ def run_rounds(
             clients[c].masked_input(r, vectors[c])
             for c, r in _live(server.masked_input(round_id, members), drops[Stage.MASKED_INPUT])
         ]
-        unmasked = [
+        answers = [
             clients[c].unmask(r) for c, r in _live(server.unmask(masked), drops[Stage.UNMASK])
         ]
-        results.append(server.aggregate(unmasked))
+        more = server.unmask_more(answers)  # asks others if a survivor asked was silent
+        answers = [clients[c].unmask(r) for c, r in _live(more, drops[Stage.UNMASK])]
+        results.append(server.aggregate(answers))
     return results
 
 

@@ -14,8 +14,9 @@ revealed:
 * stage 0 (once): two X25519 key pairs (c: channels, s: masks);
 * stage 1 (once): checks the broadcast key list, derives one AES-GCM channel key and one pair
   key ``K_uv`` per neighbour, and sends its *share package* for the epoch: for each round r a
-  fresh 32-byte self-mask seed ``b_u,r`` and the round's pairwise seeds
-  ``s_uv,r = HMAC-SHA256(K_uv, r)`` (a PRF: one round's seed tells nothing about another's),
+  fresh 32-byte self-mask seed ``b_u,r`` and the round's pairwise seeds ``s_uv,r``, the r-th
+  32-byte block of the ChaCha20 keystream under ``K_uv`` (a PRF: one round's seed tells nothing
+  about another's),
   sealed with AES-GCM under a fresh *seal key* ``e_u,r``; all rounds' ``b_u,r`` and ``e_u,r``
   are Shamir-shared (t of its closed neighbourhood; Shamir works byte by byte, so the shares of
   one round's secrets are a slice of the shares) and encrypted for each neighbour, with SHA-256
@@ -284,9 +285,15 @@ class SecAggClient:
 
     def _package(self) -> dict[str, Any]:
         """Fresh secrets for every round of the epoch and the share package that carries them."""
-        me, epoch, peers = self.client_id, self.config.epoch_id, self._peers
-        for r in self.config.round_ids:
-            seeds = {v: proto.round_seed(self._pair[v], r, me, v) for v in peers}
+        me, epoch, peers, round_ids = (
+            self.client_id,
+            self.config.epoch_id,
+            self._peers,
+            self.config.round_ids,
+        )
+        pair_seeds = {v: proto.round_seeds(self._pair[v], len(round_ids)) for v in peers}
+        for i, r in enumerate(round_ids):
+            seeds = {v: pair_seeds[v][i] for v in peers}
             self._pending[r] = _Secrets(r, os.urandom(SEED_BYTES), os.urandom(SEED_BYTES), seeds)
         rounds = list(self._pending.values())
         holders = self._neighbours | {me}
@@ -306,8 +313,7 @@ class SecAggClient:
                 proto.self_mask_commitment(s.round_id, me, s.self_seed) for s in rounds
             ),
             "seed_commitments": tuple(
-                b"".join(proto.seed_commitment(s.round_id, me, v, s.seeds[v]) for s in rounds)
-                for v in peers
+                proto.seed_commitments(round_ids, me, v, pair_seeds[v]) for v in peers
             ),
             "sealed_seeds": tuple(
                 encrypt(

@@ -73,6 +73,7 @@ _STEPS = {
     "collect_shares": ("sharing", "keyed"),
     "masked_input": ("keyed", "masking"),
     "unmask": ("masking", "unmasking"),
+    "unmask_more": ("unmasking", "unmasking"),
     "aggregate": ("unmasking", "keyed"),
 }
 
@@ -112,10 +113,25 @@ class SecAggServer:
     with the stage-3 replies. Each returns the requests of the next stage by receiver. Pass only
     the replies received for the current stage: a reply from a client not asked, a duplicate or
     a malformed reply raises ProtocolError.
+
+    ``spare_holders`` (None: off) asks at stage 3 only enough survivors to hold
+    ``threshold + spare_holders`` shares of each secret to rebuild (about two thirds of them at
+    10 neighbours, ``threshold + spare_holders`` on the complete graph): fewer messages, the
+    same secrets learnt. Then call :meth:`unmask_more` with the stage-3 replies before
+    :meth:`aggregate`: if more of the survivors asked were silent than there are spares, it
+    asks the others that hold the missing shares (an extra exchange), and :meth:`aggregate`
+    takes their replies.
     """
 
-    def __init__(self, config: SecAggConfig) -> None:
+    def __init__(self, config: SecAggConfig, *, spare_holders: int | None = None) -> None:
+        if spare_holders is not None and (
+            isinstance(spare_holders, bool)
+            or not isinstance(spare_holders, int)
+            or spare_holders < 0
+        ):
+            raise CryptoError(f"spare_holders is None or an integer >= 0, got {spare_holders!r}")
         self.config = config
+        self.spare_holders = spare_holders
         self._phase = "new"
         self._aborted = False
         self._alive: set[str] = set(config.client_ids)  # the stage or round in progress
@@ -132,12 +148,19 @@ class SecAggServer:
         self._masked_with: dict[str, frozenset[str]] = {}
         self._sum = np.zeros(config.vector_length, dtype=config.dtype)
         self._survivors: frozenset[str] = frozenset()
-        self._requested: dict[str, Any] = {}
+        self._requested: dict[str, UnmaskRequest] = {}  # what each survivor would be asked
+        self._asked: set[str] = set()
+        self._shares: dict[str, dict[str, dict[int, bytes]]] = {}  # secret -> owner -> shares
 
     @property
     def alive(self) -> frozenset[str]:
         """The clients still in the epoch (stages 0-1) or in the round in progress."""
         return frozenset(self._alive)
+
+    @property
+    def asked(self) -> frozenset[str]:
+        """The survivors asked to unmask in the round in progress (so far)."""
+        return frozenset(self._asked)
 
     @property
     def aborted(self) -> bool:
@@ -263,7 +286,7 @@ class SecAggServer:
                 )
         for u in sorted(survivors):
             self._sum += responses[u].masked
-        self._survivors, self._alive = survivors, set(survivors)
+        self._survivors = survivors
         self._requested = {
             c: UnmaskRequest(
                 round_id=self._round,
@@ -273,36 +296,37 @@ class SecAggServer:
             )
             for c in sorted(survivors)
         }
-        return dict(self._requested)
+        self._shares = {"self mask": {}, "seal key": {}}
+        return self._ask(self._cover())
+
+    @_step
+    def unmask_more(self, replies: Iterable[UnmaskResponse]) -> dict[str, UnmaskRequest]:
+        """Collect stage-3 replies; ask the survivors not asked yet that hold shares of a secret
+        still short of ``t`` (none: every secret can be rebuilt, or no one else holds shares)."""
+        self._take_shares(replies)
+        t = self.config.threshold
+        lacking = {
+            o
+            for what, owners in self._owners().items()
+            for o in owners
+            if len(self._shares[what].get(o, {})) < t
+        }
+        extra = {c for c in self._survivors - self._asked if self._holds(c) & lacking}
+        return self._ask(extra)
 
     @_step
     def aggregate(self, replies: Iterable[UnmaskResponse]) -> AggregateResult:
-        """Collect the shares, reconstruct the masks and return the sum of the survivors'
+        """Collect stage-3 replies, reconstruct the masks and return the sum of the survivors'
         inputs."""
-        responses = self._collect(replies, UnmaskResponse, self._round)
-        self_shares: dict[str, dict[int, bytes]] = {}
-        seal_shares: dict[str, dict[int, bytes]] = {}
-        for c, r in responses.items():
-            request = self._requested[c]
-            if (r.self_mask_owners, r.seed_owners) != (request.survivors, request.dropped):
-                raise ProtocolError(f"{c!r} answered for other nodes than it was asked about")
-            for owners, raw, into in (
-                (r.self_mask_owners, r.self_mask_shares, self_shares),
-                (r.seed_owners, r.seed_shares, seal_shares),
-            ):
-                for owner, data in zip(owners, raw, strict=True):
-                    into.setdefault(owner, {})[self._share_index(owner, c, data)] = data
+        self._take_shares(replies)
+        self_shares, seal_shares = self._shares["self mask"], self._shares["seal key"]
         total = self._sum.copy()
         survivors = sorted(self._survivors)
         seeds = self._reconstruct(survivors, "self mask", self_shares)
         for u in survivors:
             self._check_self_seed(u, seeds[u])
             total -= expand_mask(seeds[u], total.size, self.config.bits)
-        dropped = [
-            v
-            for v in sorted(self._members - self._survivors)
-            if self._masked_with[v] & self._survivors
-        ]
+        dropped = sorted(self._owners()["seal key"])
         keys = self._reconstruct(dropped, "seal key", seal_shares)
         for v in dropped:
             try:
@@ -320,6 +344,58 @@ class SecAggServer:
 
     # -- machinery ---------------------------------------------------------------------------
 
+    def _owners(self) -> dict[str, set[str]]:
+        """The owners of the round's secrets to rebuild: each survivor's self mask, and the seal
+        key of each dropped member some survivor masked with."""
+        dropped = self._members - self._survivors
+        return {
+            "self mask": set(self._survivors),
+            "seal key": {v for v in dropped if self._masked_with[v] & self._survivors},
+        }
+
+    def _holds(self, holder: str) -> set[str]:
+        """The owners whose round secrets ``holder`` holds a share of (its own included)."""
+        return set(self._masked_with[holder] | {holder})
+
+    def _cover(self) -> set[str]:
+        """The survivors to ask at stage 3: all of them (``spare_holders`` None), or enough to
+        hold ``t + spare_holders`` shares of every secret to rebuild, where they exist - all,
+        less those not needed (greedily, in id order)."""
+        if self.spare_holders is None:
+            return set(self._survivors)
+        t, owners = self.config.threshold, set().union(*self._owners().values())
+        count = {o: len(self._holds(o) & self._survivors) for o in owners}
+        chosen = set(self._survivors)
+        for c in sorted(self._survivors):
+            needed = self._holds(c) & owners
+            if all(count[o] > t + self.spare_holders for o in needed):
+                chosen.discard(c)
+                for o in needed:
+                    count[o] -= 1
+        return chosen
+
+    def _ask(self, holders: set[str]) -> dict[str, UnmaskRequest]:
+        """Stage-3 requests to ``holders``; only they may answer next."""
+        self._asked |= holders
+        self._alive = set(holders)
+        return {c: self._requested[c] for c in sorted(holders)}
+
+    def _take_shares(self, replies: Iterable[UnmaskResponse]) -> None:
+        """Collect the shares of stage-3 replies (each asked survivor answers once)."""
+        responses = self._collect(replies, UnmaskResponse, self._round)
+        for c, r in responses.items():
+            request = self._requested[c]
+            if (r.self_mask_owners, r.seed_owners) != (request.survivors, request.dropped):
+                raise ProtocolError(f"{c!r} answered for other nodes than it was asked about")
+            for owners, raw, what in (
+                (r.self_mask_owners, r.self_mask_shares, "self mask"),
+                (r.seed_owners, r.seed_shares, "seal key"),
+            ):
+                into = self._shares[what]
+                for owner, data in zip(owners, raw, strict=True):
+                    into.setdefault(owner, {})[self._share_index(owner, c, data)] = data
+        self._alive -= set(responses)
+
     def _begin(self, round_id: int, members: set[str]) -> None:
         """Reset the round state; keep the members whose neighbourhoods reach ``t``."""
         self._round, self._last_round = round_id, round_id
@@ -329,7 +405,7 @@ class SecAggServer:
         self._members = set(self._alive)
         self._masked_with = {c: frozenset(self._peers[c]) & self._members for c in self._members}
         self._sum = np.zeros(self.config.vector_length, dtype=self.config.dtype)
-        self._survivors, self._requested = frozenset(), {}
+        self._survivors, self._requested, self._asked = frozenset(), {}, set()
 
     def _check_packages(self, responses: Mapping[str, SharePackage]) -> dict[str, SharePackage]:
         """Check each package's layout, and that both ends of every pair committed to the same

@@ -97,6 +97,7 @@ __all__ = [
     "DEFAULT_CLIP",
     "DEFAULT_FRAC_BITS",
     "DEFAULT_REKEY_EVERY",
+    "DEFAULT_SPARE_HOLDERS",
     "Exchange",
     "SecAggSession",
     "SecureAggregationConfig",
@@ -113,6 +114,7 @@ from cordiale.crypto.fixedpoint import (  # noqa: E402
     DEFAULT_CLIP,
     DEFAULT_FRAC_BITS,
     DEFAULT_REKEY_EVERY,
+    DEFAULT_SPARE_HOLDERS,
 )
 
 #: Sends one message of stage "secagg" per node; returns (replies by node, failures by node).
@@ -128,7 +130,10 @@ class SecureAggregationConfig:
     node (None: every other sampled node, the original protocol). ``clip``: bound on each
     element of ``n * update`` (n: the node's example count). ``frac_bits``: fixed-point
     resolution. ``rekey_every``: rounds one epoch's keys serve at most (1: fresh keys every
-    round, as in the original protocol).
+    round, as in the original protocol). ``spare_holders``: at unmasking, the hub asks only
+    enough survivors to hold ``threshold + spare_holders`` shares of each secret (fewer
+    messages; if more of them are silent it asks others, one more exchange); None asks every
+    survivor.
     """
 
     threshold: int | None = None
@@ -136,6 +141,7 @@ class SecureAggregationConfig:
     clip: float = DEFAULT_CLIP
     frac_bits: int = DEFAULT_FRAC_BITS
     rekey_every: int = DEFAULT_REKEY_EVERY
+    spare_holders: int | None = DEFAULT_SPARE_HOLDERS
 
     def __post_init__(self) -> None:
         problems = []
@@ -145,6 +151,12 @@ class SecureAggregationConfig:
             problems.append(f"neighbours must be an integer >= 1 (or None); got {self.degree!r}")
         if _not_int(self.rekey_every) or self.rekey_every < 1:
             problems.append(f"rekey_every must be an integer >= 1; got {self.rekey_every!r}")
+        if self.spare_holders is not None and (
+            _not_int(self.spare_holders) or self.spare_holders < 0
+        ):
+            problems.append(
+                f"spare_holders must be an integer >= 0 (or None); got {self.spare_holders!r}"
+            )
         if (
             isinstance(self.clip, bool)
             or not isinstance(self.clip, int | float)
@@ -169,6 +181,7 @@ class SecureAggregationConfig:
             "clip": float(self.clip),
             "frac_bits": self.frac_bits,
             "rekey_every": self.rekey_every,
+            "spare_holders": self.spare_holders,
         }
 
     def epoch_parameters(
@@ -291,7 +304,8 @@ class SecureAggregator:
                 params = self.settings.epoch_parameters(
                     server_round, nodes, shapes, max_weight, rounds=left
                 )
-                epoch = _Epoch(SecAggServer(params.protocol), params)
+                server = SecAggServer(params.protocol, spare_holders=self.settings.spare_holders)
+                epoch = _Epoch(server, params)
                 ready = self._set_up(exchange, epoch, failures)
             else:
                 ready = frozenset(nodes)
@@ -360,8 +374,10 @@ class SecureAggregator:
             if "privacy.epsilon" in m.content.metrics
         }
         masked = _replies(TRAINING_STEP, ok, server_round, failures)
-        unmasked = _step(exchange, "unmask", server.unmask(masked), failures)
-        return server.aggregate(unmasked), privacy
+        answers = _step(exchange, "unmask", server.unmask(masked), failures)
+        more = server.unmask_more(answers)  # only if a site asked was silent
+        answers = _step(exchange, "unmask", more, failures) if more else []
+        return server.aggregate(answers), privacy
 
 
 def _step(
