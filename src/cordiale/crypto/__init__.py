@@ -1,11 +1,11 @@
 """Cryptography for Cordiale: secure aggregation and its building blocks (pure, no I/O).
 
 Hand-written secure-aggregation protocol of Bonawitz et al. (CCS 2017) with the SecAgg+ sparse
-graph of Bell et al. (CCS 2020); the primitives (X25519, HKDF-SHA256, AES-GCM, ChaCha20) come
+graph of Bell et al. (CCS 2020); the primitives (X25519, HKDF-SHA256, AES-GCM, AES-CTR) come
 from the ``cryptography`` package. Modules:
 
 * :mod:`~cordiale.crypto.primitives` key pairs, key agreement, authenticated encryption;
-* :mod:`~cordiale.crypto.prg` seed to mask expansion (ChaCha20 keystream into numpy);
+* :mod:`~cordiale.crypto.prg` seed to mask expansion (AES-256-CTR keystream into numpy);
 * :mod:`~cordiale.crypto.shamir` t-of-n secret sharing over GF(2^8);
 * :mod:`~cordiale.crypto.fixedpoint` float vectors to the ring Z_{2^32} or Z_{2^64} and back;
 * :mod:`~cordiale.crypto.graph` the SecAgg+ neighbour graph;

@@ -74,9 +74,9 @@ def pair_key(own: KeyPair, peer_public: bytes, epoch_id: int, a: str, b: str) ->
 
 def round_seeds(key: bytes, rounds: int) -> list[bytes]:
     """The pairwise mask seeds of the epoch's ``rounds`` rounds, in order, from the epoch's pair
-    key (bound to the epoch and the pair): consecutive 32-byte blocks of its ChaCha20 keystream,
-    one call for all rounds. The keystream is a PRF of the key, so revealing one round's seed
-    tells nothing of another's."""
+    key (bound to the epoch and the pair): consecutive 32-byte blocks of its AES-256-CTR
+    keystream (:func:`~cordiale.crypto.prg.expand_mask`), one call for all rounds. The keystream
+    is a PRF of the key, so revealing one round's seed tells nothing of another's."""
     stream = expand_mask(key, rounds * SEED_BYTES // 4, 32).tobytes()
     return [stream[i : i + SEED_BYTES] for i in range(0, len(stream), SEED_BYTES)]
 

@@ -15,12 +15,11 @@ revealed:
 * stage 1 (once): checks the broadcast key list, derives one AES-GCM channel key and one pair
   key ``K_uv`` per neighbour, and sends its *share package* for the epoch: for each round r a
   fresh 32-byte self-mask seed ``b_u,r`` and the round's pairwise seeds ``s_uv,r``, the r-th
-  32-byte block of the ChaCha20 keystream under ``K_uv`` (a PRF: one round's seed tells nothing
-  about another's),
-  sealed with AES-GCM under a fresh *seal key* ``e_u,r``; all rounds' ``b_u,r`` and ``e_u,r``
-  are Shamir-shared (t of its closed neighbourhood; Shamir works byte by byte, so the shares of
-  one round's secrets are a slice of the shares) and encrypted for each neighbour, with SHA-256
-  commitments to each ``b_u,r`` and each ``s_uv,r``;
+  32-byte block of the AES-256-CTR keystream under ``K_uv`` (a PRF: one round's seed tells
+  nothing about another's), sealed with AES-GCM under a fresh *seal key* ``e_u,r``; all
+  rounds' ``b_u,r`` and ``e_u,r`` are Shamir-shared (t of its closed neighbourhood; Shamir works
+  byte by byte, so the shares of one round's secrets are a slice of the shares) and encrypted
+  for each neighbour, with SHA-256 commitments to each ``b_u,r`` and each ``s_uv,r``;
 * stage 2 (each round): in its first round only, it opens the relayed share ciphertexts of its
   neighbours; then ``y_u = x_u + PRG(b_u,r) + sum_v ±PRG(s_uv,r) mod 2^bits`` over the round's
   neighbours ``V_u`` (named by the server, all holding shares it accepted);
