@@ -38,6 +38,7 @@ def test_simulate_with_secure_aggregation_reports_its_settings(tmp_path):
         "clip": 500.0,
         "frac_bits": 16,
         "rekey_every": 1,
+        "spare_holders": 1,
     }
     assert [r["nodes"] for r in result["rounds"]] == [4, 4]
 

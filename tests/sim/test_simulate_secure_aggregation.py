@@ -41,5 +41,6 @@ def test_secagg_plus_simulation_matches_the_plain_one(eight_sites):
         "clip": 1000.0,
         "frac_bits": 16,
         "rekey_every": 10,
+        "spare_holders": 1,
     }
     assert [r["nodes"] for r in b["rounds"]] == [8, 8, 8]
