@@ -346,6 +346,43 @@ def test_a_minority_threshold_lets_a_lying_server_unmask_a_victim():
     assert np.array_equal(residue, rnd.inputs[rnd.round_id]["c0"])
 
 
+@pytest.mark.parametrize(("n", "degree", "t"), [(11, None, 6), (40, 10, 6)])
+def test_known_limit_contradictory_views_unmask_a_victim(n, degree, t):
+    """The documented limit of per-client checks (README "Threat model"), with the default
+    majority t: the server names only t - 1 neighbours X to the victim, tells each x in X that it
+    and the victim survived (the rest of X dropped) and everyone else that X dropped. Every
+    client's own view is consistent, none holds both secrets of any node, yet the server rebuilds
+    the victim's self-mask seed and each x's seal key, hence the victim's input. This test must
+    flip when the signed consistency round lands."""
+    rnd = Epoch(n=n, t=t, degree=degree, length=8).until(Stage.MASKED_INPUT)
+    victim, r = "c0", rnd.round_id
+    lied = sorted(rnd.config.neighbours(victim))[: t - 1]
+    requests = dict(rnd.requests)
+    requests[victim] = replace(requests[victim], neighbours=tuple(lied))
+    masked = {c: rnd.answer(c, q) for c, q in requests.items()}
+    replies = []
+    for c, q in sorted(requests.items()):
+        if c == victim:
+            continue  # not asked: it would see that X did not drop
+        closed = set(q.neighbours) | {c}
+        dropped = closed & set(lied) - {c}
+        unmask = UnmaskRequest(
+            round_id=r,
+            receiver=c,
+            survivors=tuple(sorted(closed - dropped)),
+            dropped=tuple(sorted(dropped)),
+        )
+        replies.append(rnd.clients[c].unmask(unmask))  # no client refuses
+    selves, seals = received_shares(replies)
+    assert not [v for v in selves if len(selves[v]) >= t and len(seals.get(v, [])) >= t]
+    residue = masked[victim].masked.copy()
+    residue -= expand_mask(combine_shares(selves[victim], t), residue.size, rnd.config.bits)
+    for x in lied:
+        seeds = open_sealed_seeds(rnd.package(x), r, combine_shares(seals[x], t))
+        _protocol.add_pairwise_mask(residue, seeds[victim], victim, x, subtract=True)
+    assert np.array_equal(residue, rnd.inputs[r][victim])
+
+
 @pytest.mark.parametrize("later", [1, 2])
 def test_secrets_a_lying_server_gains_unmask_only_their_round(later):
     """What the lie above gains in round 7 (with t = 2: the victim's self-mask seed and seal key

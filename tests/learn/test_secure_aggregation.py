@@ -338,6 +338,7 @@ def test_clipping_is_counted_in_the_node_log_only(pima_sites, caplog):
         ({"clip": -1.0}, "clip must be a finite positive number"),
         ({"frac_bits": 60}, "frac_bits must be an integer in 0..52"),
         ({"spare_holders": -1}, "spare_holders must be an integer >= 0"),
+        ({"rekey_every": 101}, r"rekey_every must be an integer in 1\.\.100"),
         ({"clip": 1e12, "frac_bits": 40}, "does not fit a 64-bit ring"),
     ],
 )

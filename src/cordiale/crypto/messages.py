@@ -37,8 +37,10 @@ from .graph import neighbour_graph
 from .prg import ring_dtype
 from .shamir import MAX_SHARES
 
-MAX_EPOCH_ROUNDS = 1000
-"""The most rounds one epoch's secrets are set up for (bounds the size of a share package)."""
+MAX_EPOCH_ROUNDS = 100
+"""The most rounds one epoch's secrets are set up for: bounds a share package and the Shamir split
+(64 bytes of secrets a round; a 100-round split on a complete graph of 101 sites is ~33 MB of
+temporaries)."""
 
 __all__ = [
     "MAX_EPOCH_ROUNDS",

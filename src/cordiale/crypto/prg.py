@@ -4,9 +4,9 @@ Hand-written for Cordiale's secure aggregation. The pseudo-random generator is A
 mode from the ``cryptography`` package: key = seed, counter blocks ``0^96 || 2, 0^96 || 3, ...``.
 It runs as the keystream of a one-shot AES-GCM encryption of zeros under the all-zero 96-bit
 nonce (GCM encrypts exactly so; its 16-byte tag is dropped), written straight into a numpy buffer
-with ``encrypt_into``: the cheapest way through ``cryptography`` (about 3 us for a mask of a few
-hundred words, where a ``Cipher`` object costs 6; about 1.3 ms per million 32-bit words with the
-AES instructions every current x86 and ARM server has).
+with ``encrypt_into``: the cheapest way through ``cryptography`` (about 4.5 us for a mask of a
+few hundred words, where a ChaCha20 ``Cipher`` object costs 7; a few ms per million 32-bit words
+with the AES instructions every current x86 and ARM server has).
 
 Words are read little-endian, so the output is identical on every platform. Each seed must be
 used for one mask only (the seeds of secure aggregation are fresh random values or derived per

@@ -38,7 +38,6 @@ __all__ = [
     "encrypt",
     "exchange",
     "generate_keypair",
-    "keypair_from_private_bytes",
 ]
 
 KEY_BYTES = 32
@@ -56,22 +55,10 @@ class KeyPair:
     private: X25519PrivateKey = field(repr=False)
     public: bytes
 
-    def private_bytes(self) -> bytes:
-        """The 32-byte raw private key (secret: handle with care)."""
-        return self.private.private_bytes_raw()
-
 
 def generate_keypair() -> KeyPair:
     """A fresh X25519 key pair from the operating system's CSPRNG."""
     private = X25519PrivateKey.generate()
-    return KeyPair(private=private, public=private.public_key().public_bytes_raw())
-
-
-def keypair_from_private_bytes(raw: bytes) -> KeyPair:
-    """Rebuild a key pair from a 32-byte raw private key (e.g. one reconstructed from shares)."""
-    if not isinstance(raw, bytes | bytearray) or len(raw) != KEY_BYTES:
-        raise CryptoError(f"an X25519 private key has {KEY_BYTES} bytes, got {_describe(raw)}")
-    private = X25519PrivateKey.from_private_bytes(bytes(raw))
     return KeyPair(private=private, public=private.public_key().public_bytes_raw())
 
 

@@ -14,8 +14,8 @@ revealed:
 * stage 0 (once): two X25519 key pairs (c: channels, s: masks);
 * stage 1 (once): checks the broadcast key list, derives one AES-GCM channel key and one pair
   key ``K_uv`` per neighbour, and sends its *share package* for the epoch: for each round r a
-  fresh 32-byte self-mask seed ``b_u,r`` and the round's pairwise seeds ``s_uv,r``, the r-th
-  32-byte block of the AES-256-CTR keystream under ``K_uv`` (a PRF: one round's seed tells
+  fresh 32-byte self-mask seed ``b_u,r`` and the round's pairwise seeds ``s_uv,r``, the
+  (r - epoch)-th 32 bytes of the AES-256-CTR keystream under ``K_uv`` (a PRF: one round's seed tells
   nothing about another's), sealed with AES-GCM under a fresh *seal key* ``e_u,r``; all
   rounds' ``b_u,r`` and ``e_u,r`` are Shamir-shared (t of its closed neighbourhood; Shamir works
   byte by byte, so the shares of one round's secrets are a slice of the shares) and encrypted
@@ -55,12 +55,13 @@ nothing more):
   ``V_u ∪ {u}`` and ``|S| >= t``. Since stage 3 runs once per round, no sequence of requests
   obtains both shares of a node's round secrets from this client.
 
-Limitation (documented, not hidden): these checks are per client. A malicious server that shows
-*different* clients contradictory survivor sets (node v survived to some, dropped to others)
-is not detected by any single client; detecting that needs the signed consistency round of
-Bonawitz et al. (malicious model), which this semi-honest-server implementation does not have.
-As in the original protocol, such a lie gains a node's two secrets only from ``2t`` holders,
-more than a neighbourhood has when ``t`` is a majority of it (the default).
+Limitation (documented, not hidden): these checks are per client, and the public keys of stage 0
+are not signed. A malicious server that shows *different* clients contradictory views of a round
+(a victim told only ``t - 1`` neighbours take part; those told they survived and the victim's other
+holders told they dropped) can unmask the victim without holding both secrets of any one node;
+one that substitutes its own keys for a victim's neighbours' reads the victim's shares. Detecting
+either needs the signed keys and the signed consistency round of Bonawitz et al. (malicious
+model), which this semi-honest-server implementation does not have yet.
 """
 
 from __future__ import annotations
@@ -212,9 +213,11 @@ class SecAggClient:
                 "(a replayed or out-of-order request)"
             )
         if request.round_id not in rounds:
-            expected = f"round {rounds[0]}" if len(rounds) == 1 else "no round"
-            if len(rounds) > 1:
-                expected = f"a round in {rounds[0]}..{rounds[-1]}"
+            expected = (
+                f"a round in {rounds[0]}..{rounds[-1]}"
+                if len(rounds) > 1
+                else (f"round {rounds[0]}" if rounds else "no round")
+            )
             raise ProtocolError(
                 f"client {me!r}: stage {stage.name} for round {request.round_id}, expected "
                 f"{expected} (a replayed or out-of-order request)"

@@ -16,10 +16,10 @@ with, named in its request)
     sum_{u in S} x_u = sum_{u in S} y_u - sum_{u in S} PRG(b_u)
                        - sum_{u in S} sum_{v in V_u \\ S} ±PRG(s_uv,r).
 
-Stage 3 asks each survivor ``u`` for its shares of the self masks of ``(V_u ∪ {u}) ∩ S`` and of
-the seal keys of ``V_u \\ S``; any ``t`` shares rebuild ``b_u`` for each survivor and, for each
-dropped ``v`` with a surviving partner, ``v``'s seal key, which opens the round seeds ``v``
-sealed in its package.
+Stage 3 asks survivors ``u`` (all, or with ``spare_holders`` only enough of them) for their
+shares of the self masks of ``(V_u ∪ {u}) ∩ S`` and of the seal keys of ``V_u \\ S``; any ``t``
+shares rebuild ``b_u`` for each survivor and, for each dropped ``v`` with a surviving partner,
+``v``'s seal key, which opens the round seeds ``v`` sealed in its package.
 
 Dropout handling: a client that does not answer a stage is out of the round, and one that did
 not send its masked input is out of the epoch (a survivor silent at stage 3 stays in it).
@@ -154,7 +154,8 @@ class SecAggServer:
 
     @property
     def alive(self) -> frozenset[str]:
-        """The clients still in the epoch (stages 0-1) or in the round in progress."""
+        """The clients still in the epoch (stages 0-1), in the round in progress (stage 2), or
+        asked to unmask and not answered yet (stage 3)."""
         return frozenset(self._alive)
 
     @property

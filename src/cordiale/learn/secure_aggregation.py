@@ -79,6 +79,7 @@ from cordiale.crypto import (
     default_threshold,
     encode_weighted,
 )
+from cordiale.crypto.messages import MAX_EPOCH_ROUNDS
 from cordiale.data.local import LocalDataset
 from cordiale.learn.secagg_wire import (
     REQUESTS,
@@ -149,8 +150,10 @@ class SecureAggregationConfig:
             problems.append(f"threshold must be an integer >= 2 (or None); got {self.threshold!r}")
         if self.degree is not None and (_not_int(self.degree) or self.degree < 1):
             problems.append(f"neighbours must be an integer >= 1 (or None); got {self.degree!r}")
-        if _not_int(self.rekey_every) or self.rekey_every < 1:
-            problems.append(f"rekey_every must be an integer >= 1; got {self.rekey_every!r}")
+        if _not_int(self.rekey_every) or not 1 <= self.rekey_every <= MAX_EPOCH_ROUNDS:
+            problems.append(
+                f"rekey_every must be an integer in 1..{MAX_EPOCH_ROUNDS}; got {self.rekey_every!r}"
+            )
         if self.spare_holders is not None and (
             _not_int(self.spare_holders) or self.spare_holders < 0
         ):

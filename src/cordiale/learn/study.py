@@ -53,6 +53,7 @@ from safetensors.numpy import save as st_save
 from cordiale.core.errors import ConfigError
 from cordiale.core.records import ArrayRecord
 from cordiale.core.tomlfile import read_toml, validation_problems
+from cordiale.crypto.messages import MAX_EPOCH_ROUNDS
 from cordiale.data.contract import DataContract
 from cordiale.data.features import FeatureEncoder
 from cordiale.data.imaging.contract import ImagingContract
@@ -181,7 +182,7 @@ class PrivacySection(_Section):
     secure_aggregation: bool = False
     secagg_neighbours: int | None = None
     secagg_threshold: int | None = None
-    secagg_rekey_every: int = Field(default=DEFAULT_REKEY_EVERY, ge=1)
+    secagg_rekey_every: int = Field(default=DEFAULT_REKEY_EVERY, ge=1, le=MAX_EPOCH_ROUNDS)
     dp: Literal["none", "client", "sample"] = "none"
     epsilon: float | None = Field(default=None, gt=0)  # a target; or give noise_multiplier
     delta: float = Field(default=1e-5, gt=0, lt=1)
