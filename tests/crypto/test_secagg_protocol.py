@@ -516,6 +516,20 @@ def test_drop_at_accepts_stage_numbers():
 # -- asking only some survivors to unmask (spare_holders) -----------------------------------
 
 
+def _config(
+    n: int, t: int, degree: int | None, *, rounds: int = 1, length: int = 3
+) -> SecAggConfig:
+    return SecAggConfig(
+        epoch_id=1,
+        client_ids=tuple(ids(n)),
+        threshold=t,
+        vector_length=length,
+        degree=degree,
+        graph_seed=b"spares",
+        rounds=rounds,
+    )
+
+
 def _unmask_requests(config: SecAggConfig, spare_holders: int | None) -> tuple[int, SecAggServer]:
     """Run one round to stage 3; the number of survivors asked, and the server."""
     clients = {c: SecAggClient(c, config) for c in config.client_ids}
@@ -545,14 +559,7 @@ def _unmask_requests(config: SecAggConfig, spare_holders: int | None) -> tuple[i
     ],
 )
 def test_only_enough_survivors_are_asked_to_unmask(n, degree, threshold, spare, asked):
-    config = SecAggConfig(
-        epoch_id=1,
-        client_ids=tuple(ids(n)),
-        threshold=threshold,
-        vector_length=3,
-        degree=degree,
-        graph_seed=b"spares",
-    )
+    config = _config(n, threshold, degree)
     count, server = _unmask_requests(config, spare)
     assert count in asked if isinstance(asked, range) else count == asked
     # every secret has t + spare holders among those asked, where it has that many at all
@@ -570,15 +577,7 @@ def test_silent_survivors_asked_to_unmask_are_made_up_for_by_others(data):
     holders among the survivors who answer."""
     n, degree, t = 12, 5, 3
     spare = data.draw(st.sampled_from([0, 1]), label="spare")
-    config = SecAggConfig(
-        epoch_id=3,
-        client_ids=tuple(ids(n)),
-        threshold=t,
-        vector_length=5,
-        degree=degree,
-        graph_seed=b"silent",
-        rounds=2,
-    )
+    config = _config(n, t, degree, rounds=2, length=5)
     silent = set(data.draw(st.lists(st.sampled_from(ids(n)), max_size=3, unique=True)))
     closed = {c: config.neighbours(c) | {c} for c in config.client_ids}
     rounds = [random_words(ids(n), 5, 32, np.random.default_rng(i)) for i in range(2)]
@@ -594,10 +593,7 @@ def test_silent_survivors_asked_to_unmask_are_made_up_for_by_others(data):
 
 
 def test_a_follow_up_asks_only_survivors_not_asked_yet():
-    config = SecAggConfig(
-        epoch_id=1, client_ids=tuple(ids(40)), threshold=21, vector_length=3, graph_seed=b"x"
-    )
-    count, server = _unmask_requests(config, 0)
+    count, server = _unmask_requests(_config(40, 21, None), 0)
     assert count == 21
     first = server.asked
     more = server.unmask_more([])  # every survivor asked was silent
