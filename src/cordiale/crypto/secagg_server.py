@@ -264,8 +264,9 @@ class SecAggServer:
 
     @_step
     def unmask(self, replies: Iterable[MaskedInputResponse]) -> dict[str, UnmaskRequest]:
-        """Collect the masked inputs (the survivors); ask each survivor for its shares of the
-        survivors' self masks and the dropped nodes' seal keys."""
+        """Collect the masked inputs (the survivors); ask survivors (all, or with
+        ``spare_holders`` enough of them) for their shares of the survivors' self masks and the
+        dropped nodes' seal keys."""
         responses = self._collect(replies, MaskedInputResponse, self._round)
         for c, r in responses.items():
             if r.masked.shape != (self.config.vector_length,) or r.masked.dtype != self._sum.dtype:
