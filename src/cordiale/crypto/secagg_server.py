@@ -36,6 +36,7 @@ every call, and the driver starts a new epoch.
 from __future__ import annotations
 
 import functools
+import itertools
 from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import Any, NoReturn, TypeVar
 
@@ -63,6 +64,9 @@ from .primitives import KEY_BYTES, decrypt
 from .shamir import combine_at
 
 __all__ = ["SecAggServer"]
+
+_RETRIES = 64
+"""Other t-subsets of a secret's shares tried when the one of lowest indices fails its check."""
 
 _Method = TypeVar("_Method", bound=Callable[..., Any])
 
@@ -324,21 +328,14 @@ class SecAggServer:
         self_shares, seal_shares = self._shares["self mask"], self._shares["seal key"]
         total = self._sum.copy()
         survivors = sorted(self._survivors)
-        seeds = self._reconstruct(survivors, "self mask", self_shares)
+        seeds = self._reconstruct(survivors, "self mask", self_shares, self._self_seed_problem)
         for u in survivors:
-            self._check_self_seed(u, seeds[u])
             total -= expand_mask(seeds[u], total.size, self.config.bits)
         dropped = sorted(self._owners()["seal key"])
-        keys = self._reconstruct(dropped, "seal key", seal_shares)
+        keys = self._reconstruct(dropped, "seal key", seal_shares, self._seal_key_problem)
         for v in dropped:
-            try:
-                key, sealed = keys[v], self._packages[v].sealed_seeds[self._index_in_epoch]
-                ad = proto.sealed_seeds_associated_data(self._round, v)
-                pair_seeds = proto.split_round_seeds(decrypt(key, sealed, ad), self._peers[v])
-            except CryptoError as exc:
-                self._abort(f"the sealed round seeds of {v!r} do not open: {exc}")
+            pair_seeds = self._open_sealed(v, keys[v])
             for w in sorted(self._masked_with[v] & self._survivors):
-                self._check_pair_seed(v, w, pair_seeds[w])
                 proto.add_pairwise_mask(total, pair_seeds[w], w, v, subtract=True)
         return AggregateResult(
             round_id=self._round, total=total, survivors=tuple(sorted(self._survivors))
@@ -454,18 +451,39 @@ class SecAggServer:
         at = self._index_in_epoch * proto.COMMITMENT_BYTES
         return commitments[at : at + proto.COMMITMENT_BYTES]
 
-    def _check_self_seed(self, owner: str, seed: bytes) -> None:
+    def _self_seed_problem(self, owner: str, seed: bytes) -> str | None:
+        """Why a rebuilt self-mask seed is wrong (it does not match its commitment), or None."""
         committed = self._this_round(self._packages[owner].self_mask_commitments)
-        if len(seed) != SEED_BYTES or committed != proto.self_mask_commitment(
+        if len(seed) == SEED_BYTES and committed == proto.self_mask_commitment(
             self._round, owner, seed
         ):
-            self._abort(f"the self-mask seed of {owner!r} does not match its commitment")
+            return None
+        return f"the self-mask seed of {owner!r} does not match its commitment"
 
-    def _check_pair_seed(self, owner: str, peer: str, seed: bytes) -> None:
-        if len(seed) != SEED_BYTES or self._commitment(owner, peer) != proto.seed_commitment(
-            self._round, owner, peer, seed
-        ):
-            self._abort(f"the round seed of {owner!r} and {peer!r} does not match its commitment")
+    def _open_sealed(self, owner: str, key: bytes) -> dict[str, bytes]:
+        """The round seeds ``owner`` sealed, by peer, opened with a rebuilt seal key; CryptoError
+        if they do not open or one does not match its commitment."""
+        sealed = self._packages[owner].sealed_seeds[self._index_in_epoch]
+        ad = proto.sealed_seeds_associated_data(self._round, owner)
+        try:
+            seeds = proto.split_round_seeds(decrypt(key, sealed, ad), self._peers[owner])
+        except CryptoError as exc:
+            raise CryptoError(f"the sealed round seeds of {owner!r} do not open: {exc}") from None
+        for peer in sorted(self._masked_with[owner] & self._survivors):
+            if self._commitment(owner, peer) != proto.seed_commitment(
+                self._round, owner, peer, seeds[peer]
+            ):
+                raise CryptoError(
+                    f"the round seed of {owner!r} and {peer!r} does not match its commitment"
+                )
+        return seeds
+
+    def _seal_key_problem(self, owner: str, key: bytes) -> str | None:
+        try:
+            self._open_sealed(owner, key)
+        except CryptoError as exc:
+            return str(exc)
+        return None
 
     def _abort(self, reason: str) -> NoReturn:
         self._aborted = True
@@ -527,12 +545,18 @@ class SecAggServer:
         return data[0]
 
     def _reconstruct(
-        self, owners: list[str], what: str, shares: Mapping[str, Mapping[int, bytes]]
+        self,
+        owners: list[str],
+        what: str,
+        shares: Mapping[str, Mapping[int, bytes]],
+        problem: Callable[[str, bytes], str | None],
     ) -> dict[str, bytes]:
         """Each owner's secret from ``t`` of its shares (those of the lowest indices), owners
-        with the same indices at once. The other shares are not cross-checked (that costs 7x at
-        100 sites): what is rebuilt is checked anyway, a self-mask seed against its commitment,
-        a seal key by opening the sealed seeds."""
+        with the same indices at once, then checked (``problem``: a self-mask seed against its
+        commitment, a seal key by opening the sealed seeds). The shares are not cross-checked
+        up front (that costs 7x at 100 sites); a secret that fails its check is rebuilt from
+        other ``t`` of its shares (up to :data:`_RETRIES` subsets), so a corrupted share is
+        outvoted when a spare one came; otherwise the round aborts with the check's reason."""
         t = self.config.threshold
         groups: dict[tuple[int, ...], list[str]] = {}
         for owner in owners:
@@ -549,4 +573,23 @@ class SecAggServer:
             values = np.frombuffer(raw, dtype=np.uint8).reshape(len(group), t, SEED_BYTES)
             for owner, secret in zip(group, combine_at(xs, values), strict=True):
                 secrets[owner] = secret.tobytes()
+        for owner in owners:
+            reason = problem(owner, secrets[owner])
+            if reason is not None:
+                secrets[owner] = self._retry(owner, shares[owner], problem) or self._abort(reason)
         return secrets
+
+    def _retry(
+        self, owner: str, held: Mapping[int, bytes], problem: Callable[[str, bytes], str | None]
+    ) -> bytes | None:
+        """A secret of ``owner`` that passes its check, rebuilt from other ``t`` of its shares;
+        None if none of the first :data:`_RETRIES` subsets does."""
+        t = self.config.threshold
+        subsets = itertools.islice(itertools.combinations(sorted(held), t), 1, 1 + _RETRIES)
+        for xs in subsets:
+            raw = b"".join(held[x][1:] for x in xs)
+            values = np.frombuffer(raw, dtype=np.uint8).reshape(1, t, SEED_BYTES)
+            secret = combine_at(xs, values)[0].tobytes()
+            if problem(owner, secret) is None:
+                return secret
+        return None
