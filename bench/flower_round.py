@@ -64,7 +64,7 @@ import signal  # noqa: E402
 import sys  # noqa: E402
 import threading  # noqa: E402
 import types  # noqa: E402
-from collections.abc import Iterable  # noqa: E402
+from collections.abc import Callable, Iterable  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
@@ -349,6 +349,37 @@ def run_bounded(
     return backend_config
 
 
+def report(
+    info: dict[str, Any],
+    strategy: RoundClock | None,
+    args: argparse.Namespace,
+    backend_config: dict[str, Any],
+    t0: float,
+    final_loss: Callable[[int], float | None],
+) -> int:
+    """Complete ``info`` with the strategy's timings and the training loss of the last round
+    (``final_loss(round)``), print it as one JSON line and return the exit status: 2 unless
+    every round completed with every site's reply."""
+    if strategy is None or len(strategy.round_end) < args.rounds:
+        done = 0 if strategy is None else len(strategy.round_end)
+        info["error"] = f"only {done} of {args.rounds} rounds completed"
+        print(json.dumps(info), flush=True)
+        return 2
+    r = args.rounds
+    info.update(round_timing(strategy.round_start, strategy.round_end, r, t0))
+    info.update(
+        {
+            "replies_per_round": min(strategy.replies.values()),
+            "failed_replies": sum(strategy.failures.values()),
+            "final_train_loss": final_loss(r),
+            "cpus_per_client": args.cpus_per_client,
+            "ray_cpus": backend_config["init_args"]["num_cpus"],
+        }
+    )
+    print(json.dumps(info), flush=True)
+    return 0 if info["failed_replies"] == 0 and info["replies_per_round"] == args.sites else 2
+
+
 def round_timing(
     starts: dict[int, float], ends: dict[int, float], rounds: int, t0: float
 ) -> dict[str, Any]:
@@ -379,26 +410,11 @@ def main(argv: list[str] | None = None, t0: float = T0) -> int:
         make_server_app(args.sites, args.rounds, args.timeout, sink), client_app, args, info
     )
 
-    strategy: TimedFedAvg | None = sink.get("strategy")
-    if strategy is None or len(strategy.round_end) < args.rounds:
-        done = 0 if strategy is None else len(strategy.round_end)
-        info["error"] = f"only {done} of {args.rounds} rounds completed"
-        print(json.dumps(info), flush=True)
-        return 2
-    r = args.rounds
-    losses = sink["result"].train_metrics_clientapp
-    info.update(round_timing(strategy.round_start, strategy.round_end, r, t0))
-    info.update(
-        {
-            "replies_per_round": min(strategy.replies.values()),
-            "failed_replies": sum(strategy.failures.values()),
-            "final_train_loss": float(losses[r]["train_loss"]) if r in losses else None,
-            "cpus_per_client": args.cpus_per_client,
-            "ray_cpus": backend_config["init_args"]["num_cpus"],
-        }
-    )
-    print(json.dumps(info), flush=True)
-    return 0 if info["failed_replies"] == 0 and info["replies_per_round"] == args.sites else 2
+    def final_loss(r: int) -> float | None:
+        losses = sink["result"].train_metrics_clientapp
+        return float(losses[r]["train_loss"]) if r in losses else None
+
+    return report(info, sink.get("strategy"), args, backend_config, t0, final_loss)
 
 
 def _main_by_reference() -> int:

@@ -48,7 +48,7 @@ from flower_round import (  # noqa: E402
     arg_parser,
     build_model,
     check_args,
-    round_timing,
+    report,
     run_bounded,
     site_data,
     train_one_epoch,
@@ -56,7 +56,6 @@ from flower_round import (  # noqa: E402
 
 # isort: split
 
-import json  # noqa: E402
 import sys  # noqa: E402
 from collections.abc import Sequence  # noqa: E402
 from typing import Any  # noqa: E402
@@ -223,26 +222,11 @@ def main(argv: list[str] | None = None, t0: float = T0) -> int:
     client_app = secagg_client_app if args.secagg else plain_client_app
     backend_config = run_bounded(server_app, client_app, args, info)
 
-    strategy: TimedLegacyFedAvg | None = sink.get("strategy")
-    if strategy is None or len(strategy.round_end) < args.rounds:
-        done = 0 if strategy is None else len(strategy.round_end)
-        info["error"] = f"only {done} of {args.rounds} rounds completed"
-        print(json.dumps(info), flush=True)
-        return 2
-    r = args.rounds
-    losses = dict(sink["history"].metrics_distributed_fit.get("train_loss", []))
-    info.update(round_timing(strategy.round_start, strategy.round_end, r, t0))
-    info.update(
-        {
-            "replies_per_round": min(strategy.replies.values()),
-            "failed_replies": sum(strategy.failures.values()),
-            "final_train_loss": float(losses[r]) if r in losses else None,
-            "cpus_per_client": args.cpus_per_client,
-            "ray_cpus": backend_config["init_args"]["num_cpus"],
-        }
-    )
-    print(json.dumps(info), flush=True)
-    return 0 if info["failed_replies"] == 0 and info["replies_per_round"] == args.sites else 2
+    def final_loss(r: int) -> float | None:
+        losses = dict(sink["history"].metrics_distributed_fit.get("train_loss", []))
+        return float(losses[r]) if r in losses else None
+
+    return report(info, sink.get("strategy"), args, backend_config, t0, final_loss)
 
 
 def _main_by_reference() -> int:

@@ -152,7 +152,7 @@ class SecAggServer:
         self._masked_with: dict[str, frozenset[str]] = {}
         self._sum = np.zeros(config.vector_length, dtype=config.dtype)
         self._survivors: frozenset[str] = frozenset()
-        self._requested: dict[str, UnmaskRequest] = {}  # what each survivor would be asked
+        self._requested: dict[str, UnmaskRequest] = {}  # what each survivor asked was asked
         self._asked: set[str] = set()
         self._shares: dict[str, dict[str, dict[int, bytes]]] = {}  # secret -> owner -> shares
 
@@ -293,15 +293,6 @@ class SecAggServer:
         for u in sorted(survivors):
             self._sum += responses[u].masked
         self._survivors = survivors
-        self._requested = {
-            c: UnmaskRequest(
-                round_id=self._round,
-                receiver=c,
-                survivors=tuple(sorted((self._masked_with[c] | {c}) & survivors)),
-                dropped=tuple(sorted(self._masked_with[c] - survivors)),
-            )
-            for c in sorted(survivors)
-        }
         self._shares = {"self mask": {}, "seal key": {}}
         return self._ask(self._cover())
 
@@ -377,6 +368,13 @@ class SecAggServer:
         """Stage-3 requests to ``holders``; only they may answer next."""
         self._asked |= holders
         self._alive = set(holders)
+        for c in sorted(holders):
+            self._requested[c] = UnmaskRequest(
+                round_id=self._round,
+                receiver=c,
+                survivors=tuple(sorted((self._masked_with[c] | {c}) & self._survivors)),
+                dropped=tuple(sorted(self._masked_with[c] - self._survivors)),
+            )
         return {c: self._requested[c] for c in sorted(holders)}
 
     def _take_shares(self, replies: Iterable[UnmaskResponse]) -> None:
